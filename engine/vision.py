@@ -419,7 +419,7 @@ class ImageTokenizer(nn.Module):
                 f"The image is {width}x{height} pixels; both sides must be multiples of {p}, "
                 "so resize it with one of the resize rules first."
             )
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # [3, H, W]
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()  # [3, H, W]
         if c.do_rescale:
             x = x * c.rescale_factor
         if c.do_normalize:
