@@ -128,8 +128,8 @@ def feathered_alpha(
     mask: np.ndarray, plan: EditPlan, grow: int = 8, feather: int = 16
 ) -> np.ndarray:
     """[H, W] float32 blend weight of the generated pixels: 1 on the mask grown by `grow` px,
-    falling to 0 within `feather` px beyond it, 0 outside the plan's box. Global edit: 1 on the box.
-    """
+    falling to 0 just past `feather` px beyond it, 0 outside the plan's box (all of the box for a
+    global edit)."""
     height, width = plan.image_hw
     left, top, right, bottom = plan.box
     alpha = np.zeros((height, width), dtype=np.float32)
