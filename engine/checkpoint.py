@@ -26,6 +26,8 @@ MODEL_TYPES = ("llada2_moe", "llada2_moe_veomni")
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
 ALL_PARTS = ("backbone", "tokenizer", "image_tokenizer", "decoder", "decoder_turbo", "vae")
+SIGVQ_NAME = "image_tokenizer/sigvq_embedding.pt"  # SigVQ features: the decoder's, in this folder
+ZIP_END, ZIP_TAIL_BYTES = b"PK\x05\x06", 65_536 + 22  # a zip's last record, and how far back
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
 # Root shards might also carry copies of the vision tower; the image tokenizer loads its own folder.
 VISION_PREFIXES = ("model.visual.", "model.vqmodel.")
@@ -62,6 +64,8 @@ def find_model_folder(path: Path | str) -> ModelFolder:
         raise BadCheckpoint(f"{path} is a file; choose the folder that holds config.json.")
     if (path / HF_REPO_FOLDER).is_dir():  # the hub cache itself, e.g. ~/.cache/huggingface/hub
         path = path / HF_REPO_FOLDER
+    if path.name == "snapshots" and (path.parent / "blobs").is_dir():
+        path = path.parent
     revision = None
     if (path / "snapshots").is_dir():
         path = _pick_snapshot(path)
@@ -164,7 +168,12 @@ def _check_model_kind(root: Path, raw: dict) -> None:
         architectures = [architectures]
     model_type = raw.get("model_type")
     if ARCHITECTURE not in architectures and model_type not in MODEL_TYPES:
-        found = ", ".join(map(str, architectures)) or f"model_type {model_type}"
+        found = ", ".join(map(str, architectures)) or model_type
+        if not found:
+            raise BadCheckpoint(
+                f"config.json in {root} names no architecture, so it is not LLaDA2.0-Uni "
+                f"(architectures {ARCHITECTURE})."
+            )
         raise BadCheckpoint(
             f"{root} holds a {found} model, not LLaDA2.0-Uni (architectures {ARCHITECTURE})."
         )
@@ -221,21 +230,20 @@ def _read_header(path: Path, name: str, root: Path) -> dict[str, TensorInfo]:
             )
         if 8 + length > size:
             raise BadCheckpoint(
-                f"{name} in {root} is truncated ({_bytes(size)} of at least "
-                f"{_bytes(8 + length)}); download it again."
+                f"{name} in {root} is truncated ({_part_of(size, 8 + length)}, or more); "
+                "download it again."
             )
         text = file.read(length)
     tensors, data_bytes = _parse_header(text, name, root)
     expected = 8 + length + data_bytes
     if size < expected:
         raise BadCheckpoint(
-            f"{name} in {root} is truncated ({_bytes(size)} of "
-            f"{_bytes(expected)}); download it again."
+            f"{name} in {root} is truncated ({_part_of(size, expected)}); download it again."
         )
     if size > expected:
         raise BadCheckpoint(
-            f"{name} in {root} is {_bytes(size)} but its header describes "
-            f"{_bytes(expected)}, so it is corrupt; download it again."
+            f"{name} in {root} has {size - expected:,} bytes more than its header describes, "
+            "so it is corrupt; download it again."
         )
     return {key: TensorInfo(path, dtype, shape) for key, (dtype, shape) in tensors.items()}
 
@@ -269,6 +277,13 @@ def _parse_header(text: bytes, name: str, root: Path) -> tuple[dict, int]:
         tensors[key] = (dtype, tuple(shape))
         end = max(end, stop)
     return tensors, end
+
+
+def _part_of(have: int, want: int) -> str:
+    """Such as 1.2 GB of 2.9 GB; in exact bytes where rounding would hide the difference."""
+    if _bytes(have) == _bytes(want):
+        return f"{have:,} of {want:,} bytes"
+    return f"{_bytes(have)} of {_bytes(want)}"
 
 
 def _bytes(n: int) -> str:
@@ -426,11 +441,25 @@ def _check_decoder(root: Path) -> None:
     present = [part for part in ("decoder-turbo", "decoder") if (root / part).is_dir()]
     if not present:
         raise BadCheckpoint(
-            f"The model folder {root} has neither a decoder/ nor a "
-            "decoder-turbo/ folder, which making images needs; download one."
+            f"The model folder {root} has neither a decoder/ nor a decoder-turbo/ folder, "
+            "which making images needs; download one."
         )
     for part in present:
         _check_weights_folder(root, part, "making images")
+    _check_torch_file(root, SIGVQ_NAME, "making images")
+
+
+def _check_torch_file(root: Path, relative: str, needed_for: str) -> None:
+    """A torch.save file: present, and if a zip archive (the modern format), not cut short."""
+    missing = f"The model folder {root} has no {relative}, which {needed_for} needs; download it."
+    path = _require(root, relative, missing)
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        is_zip = file.read(2) == b"PK"
+        file.seek(max(0, size - ZIP_TAIL_BYTES))
+        tail = file.read()
+    if size == 0 or (is_zip and ZIP_END not in tail):
+        raise BadCheckpoint(f"{relative} in {root} is truncated; download it again.")
 
 
 def validate_model_folder(
