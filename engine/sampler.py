@@ -167,7 +167,7 @@ def denoise(
         raise ValueError("several prompt rows need a guidance function")
     device = next(model.parameters()).device
     layout = Layout(prompts, init, mask_id, block_length).to(device)
-    B, P, G = block_length, layout.P, layout.G
+    B, P = block_length, layout.P
     first = P // B
     cache = None
     if use_cache:
@@ -263,7 +263,7 @@ def cfg_edit(text_scale: float, image_scale: float, rescale: float = 0.0) -> Gui
 
 
 def _rescale(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
-    """sglang-omni's CFG rescale over the vocabulary; phi = 0 leaves the guided logits as they are."""
+    """sglang-omni's CFG rescale over the vocabulary; phi = 0 leaves the guided logits alone."""
     if not phi:
         return guided
     std_c = cond.std(dim=-1, keepdim=True)

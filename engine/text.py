@@ -1,4 +1,4 @@
-"""The text tokenizer (from tokenizer.json) and one prompt builder per task, with the official strings.
+"""The text tokenizer (tokenizer.json) and one prompt builder per task, with the official strings.
 
 A prompt is a list of pieces: `str` runs of text (special tokens spelled as text) and `ImageCodes`
 (VQ codes of one image, without the LLM offset). Strings: shared/notes/backbone_facts.md §4.3.

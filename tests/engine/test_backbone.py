@@ -124,7 +124,7 @@ def test_block_mask_at_the_prompts_last_partial_block():
 
 def test_bias_picks_experts_but_does_not_weight_them():
     config = BackboneConfig.real()
-    gate = Gate(config)
+    gate = Gate(config).requires_grad_(False)
     torch.nn.init.normal_(gate.weight, std=0.02, generator=torch.Generator().manual_seed(0))
     x = torch.randn(4, config.hidden_size, generator=torch.Generator().manual_seed(1))
     weights0, chosen0 = gate(x)
