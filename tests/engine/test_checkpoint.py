@@ -84,8 +84,8 @@ def test_fused_expert_layout_is_accepted(model):
     for shard in shard_names(model):
         (model / shard).unlink()
     shapes = expected_shapes(config, fused_experts=True)
-    save_file({n: torch.zeros(s, dtype=torch.bfloat16) for n, s in shapes.items()},
-              str(model / "model.safetensors"))  # fmt: skip
+    weights = {name: torch.zeros(shape, dtype=torch.bfloat16) for name, shape in shapes.items()}
+    save_file(weights, str(model / "model.safetensors"))
     (model / INDEX_NAME).unlink()
     validate_model_folder(model, parts=("backbone",))
     assert (
@@ -288,9 +288,10 @@ def rewrite_shard(folder: Path, tensor: str, change) -> None:
     tensors = load_file(str(folder / shard))
     change(tensors)
     save_file(tensors, str(folder / shard))
-    edit_json(folder / INDEX_NAME, lambda raw: raw.update(
-        weight_map={n: s for n, s in raw["weight_map"].items() if s != shard} | dict.fromkeys(
-            tensors, shard)))  # fmt: skip
+    kept = {name: s for name, s in weight_map(folder).items() if s != shard}
+    edit_json(
+        folder / INDEX_NAME, lambda raw: raw.update(weight_map=kept | dict.fromkeys(tensors, shard))
+    )
 
 
 def add_tensor(folder: Path, name: str) -> None:
@@ -340,8 +341,8 @@ def test_config_not_json(model):
 
 
 def test_some_other_model(model):
-    edit_json(model / "config.json", lambda raw: raw.update(
-        architectures=["Qwen2ForCausalLM"], model_type="qwen2"))  # fmt: skip
+    qwen = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
+    edit_json(model / "config.json", lambda raw: raw.update(qwen))
     message = bad(model)
     assert f"{model} holds a Qwen2ForCausalLM model, not LLaDA2.0-Uni" in message
 
