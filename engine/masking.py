@@ -154,11 +154,18 @@ def composite(
     Only pixels where `feathered_alpha` > 0 are written, so every other pixel is byte-identical to
     the original. Before blending, the generated crop's colours are pulled toward the original's on
     a ring just outside the blended region (not for a global edit, whose colours are the point).
+    A global edit replaces the whole box; the thin strips its cover crop cut off stay as they were.
+    The alpha is 1 on the whole mask when grow + feather fit in the plan's margin (MIN_MARGIN).
     """
     _check_image(original, plan)
-    if generated.ndim != 3 or generated.shape[2] != original.shape[2]:
+    if (
+        generated.ndim != 3
+        or generated.shape[2] != original.shape[2]
+        or generated.dtype != np.uint8
+    ):
         raise BadInput(
-            f"The generated image has shape {generated.shape}, not {original.shape[2]} channels."
+            f"The generated image is {generated.shape} {generated.dtype}, not 8-bit with"
+            f" {original.shape[2]} channels."
         )
     left, top, right, bottom = plan.box
     alpha = _box_alpha(validate_mask(mask, plan.image_hw), plan, grow, feather)  # [h, w]

@@ -164,6 +164,19 @@ def test_pixels_outside_the_feathered_alpha_are_untouched(generated_scale):
     assert (alpha[14:36, 580:600] == 1).all()  # no fade at the image's own edge
 
 
+def test_global_edit_replaces_the_cover_crop():
+    image = smooth_image(300, 500)
+    empty = np.zeros((300, 500), bool)
+    plan = plan_edit((300, 500), empty)
+    generated = np.full((plan.bucket[1], plan.bucket[0], 3), 7, np.uint8)
+    result = composite(image, generated, plan, empty)
+    left, top, right, bottom = plan.box
+    assert (result[top:bottom, left:right] == 7).all()
+    outside = feathered_alpha(empty, plan) == 0
+    assert outside.sum() == 300 * 500 - (right - left) * (bottom - top)
+    assert np.array_equal(result[outside], image[outside])
+
+
 def test_alpha_never_reaches_the_box_sides_inside_the_image():
     mask = box_mask(1000, 1000, (480, 480, 520, 520))
     plan = plan_edit((1000, 1000), mask)
@@ -291,3 +304,5 @@ def test_bad_parameters_are_bad_input():
         feathered_alpha(mask, plan, grow=-1)
     with pytest.raises(BadInput, match="100x100 px"):
         crop_to_bucket(np.zeros((50, 100, 3), np.uint8), plan)
+    with pytest.raises(BadInput, match="8-bit"):
+        composite(np.zeros((100, 100, 3), np.uint8), np.zeros((64, 64, 3)), plan, mask)
