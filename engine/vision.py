@@ -498,7 +498,11 @@ def read_safetensors(
                     name = rename(key)
                     if name is not None:
                         tensor = reader.get_tensor(key)
-                        state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+                        if tensor.is_floating_point():
+                            # copy=True: a CPU tensor would otherwise be a view into the mapped
+                            # file, whose alignment changes CPU kernels' rounding with the layout
+                            tensor = tensor.to(dtype, copy=True)
+                        state[name] = tensor
         except (SafetensorError, OSError) as error:
             raise BadCheckpoint(f"{file} is truncated or not a safetensors file.") from error
     return state
