@@ -213,6 +213,7 @@ def denoise(
             if on_step:
                 where = chosen.nonzero().squeeze(-1)
                 committed = [(lo + int(i) - P, int(proposal[i])) for i in where]
+                committed = [(i, t) for i, t in committed if i < layout.G]  # not the tail
                 on_step(StepReport(done, total, blk - first, committed, _part(layout)))
         if use_cache and blk + 1 < layout.blocks:
             model(layout.ids[:, lo:hi], layout.positions[:, lo:hi], layout.mask(lo, hi, hi), cache,
