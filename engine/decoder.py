@@ -158,7 +158,7 @@ def load_sigvq(folder: Path, device, dtype) -> SigVQ:
     if not path.is_file():
         raise BadCheckpoint(f"The SigVQ weights {path} are missing.")
     try:
-        state = torch.load(path, map_location=device, weights_only=True, mmap=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # pickle and zip errors vary; all mean a bad file
         raise BadCheckpoint(f"The SigVQ weights {path} cannot be read.") from error
     table = state.get("prior_token_embedding.weight") if isinstance(state, dict) else None
