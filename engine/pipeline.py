@@ -1,0 +1,534 @@
+"""The tasks users run: understand (chat about images), generate (plain, thinking), edit (masked).
+
+Each task takes the official defaults (shared/notes/backbone_facts.md §6), reports progress by
+stage, streams text, can be cancelled between two steps (raise `Cancelled` in `on_progress`), and
+returns its result with the metadata needed to reproduce it. One seed drives every random draw.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.metadata
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import masking, text, vision
+from engine.backbone import Backbone, load_backbone
+from engine.checkpoint import find_model_folder, validate_model_folder
+from engine.decoder import ImageDecoder
+from engine.errors import BadInput
+from engine.sampler import StepReport, cfg, cfg_edit, denoise, generate_text
+from engine.text import ImageCodes, TextTokenizer
+
+OnProgress = Callable[[str, int, int], None]  # (stage, step, total)
+OnText = Callable[[str], None]
+
+STAGE_LOAD, STAGE_ENCODE, STAGE_THINK = "load model", "encode image", "thinking"
+STAGE_DENOISE, STAGE_DECODE, STAGE_COMPOSITE = "denoise tokens", "decode", "composite"
+MIN_SIDE, MAX_SIDE, SIDE_STEP, MAX_ASPECT = 256, 1024, 32, 4
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str
+    images: tuple[np.ndarray, ...] = ()  # [H, W, 3] uint8 each
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    image: np.ndarray  # [H, W, 3] uint8
+    metadata: dict[str, str]
+    thinking: str | None = None
+    codes: np.ndarray | None = None  # [h, w] the VQ codes the image was decoded from
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Official defaults per task (facts §6); a request may override each."""
+
+    t2i_steps: int = 8
+    t2i_cfg: float = 2.0
+    thinking_steps: int = 32
+    thinking_length: int = 4096
+    edit_steps: int = 8
+    edit_cfg_text: float = 4.0
+    edit_cfg_image: float = 0.0
+    understand_steps: int = 32
+    understand_length: int = 2048
+    block_length: int = 32
+    threshold: float = 0.95
+    cfg_rescale: float = 0.0  # sglang-omni uses 0.7; the Uni-derived LLaDA-Image copy uses none
+    decoder_turbo: bool = True
+
+
+def app_version() -> str:
+    try:
+        return importlib.metadata.version("llada-studio")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Pipeline:
+    """The loaded model: backbone and tokenizer at once, vision parts on first use."""
+
+    def __init__(self, root: Path, revision: str | None, backbone: Backbone, device, dtype):
+        self.root, self.revision = root, revision
+        self.backbone = backbone
+        self.device, self.dtype = device, dtype
+        c = backbone.config
+        self.tokenizer = TextTokenizer(root, c.image_token_offset, c.pad_token_id)
+        self.defaults = Defaults()
+        self.image_tokenizer: vision.ImageTokenizer | None = None
+        self.decoder: ImageDecoder | None = None
+        self._codes: dict[str, torch.Tensor] = {}  # image digest -> VQ codes, kept across turns
+
+    @classmethod
+    def load(
+        cls, folder: Path | str, *, device: str = "auto", on_progress: OnProgress | None = None
+    ) -> Pipeline:
+        found = find_model_folder(folder)
+        validate_model_folder(found.root, parts=("backbone", "tokenizer"))
+        dev = pick_device(device)
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32  # as upstream on CPU
+
+        def shard_done(done: int, total: int) -> None:
+            if on_progress:
+                on_progress(STAGE_LOAD, done, total)
+
+        backbone = load_backbone(found.root, dev, dtype, on_progress=shard_done)
+        return cls(found.root, found.revision, backbone, dev, dtype)
+
+    # ---- parts loaded on demand -------------------------------------------------------------
+
+    def _image_tokenizer(self) -> vision.ImageTokenizer:
+        if self.image_tokenizer is None:
+            validate_model_folder(self.root, parts=("image_tokenizer",))
+            self.image_tokenizer = vision.load_image_tokenizer(self.root, self.device, self.dtype)
+        return self.image_tokenizer
+
+    def _decoder(self, turbo: bool) -> ImageDecoder:
+        if self.decoder is None or self.decoder.turbo != turbo:
+            part = "decoder_turbo" if turbo else "decoder"
+            validate_model_folder(self.root, parts=(part, "vae"))
+            self.decoder = ImageDecoder(
+                self.root, turbo=turbo, device=self.device, dtype=self.dtype
+            )
+        return self.decoder
+
+    def unload(self) -> None:
+        self.image_tokenizer = self.decoder = None
+        self.backbone = None  # type: ignore[assignment]
+        self._codes.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def status(self) -> dict[str, str]:
+        loaded = [
+            name
+            for name, part in [
+                ("backbone", self.backbone),
+                ("image tokenizer", self.image_tokenizer),
+                ("decoder", self.decoder),
+            ]
+            if part is not None
+        ]
+        memory = (
+            f"{torch.cuda.memory_allocated(self.device) / 2**30:.1f} GiB"
+            if self.device.type == "cuda"
+            else f"{_rss_gib():.1f} GiB (process)"
+        )
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "memory": memory,
+            "loaded": ", ".join(loaded) or "nothing",
+            "model": str(self.root),
+        }
+
+    # ---- shared steps -----------------------------------------------------------------------
+
+    def tokenize(self, image: np.ndarray, on_progress: OnProgress | None = None) -> ImageCodes:
+        """VQ codes of an image already resized to multiples of 16; cached by content."""
+        key = hashlib.sha1(np.ascontiguousarray(image)).hexdigest() + str(image.shape)
+        if key not in self._codes:
+            _report(on_progress, STAGE_ENCODE, 0, 1)
+            self._codes[key] = self._image_tokenizer().tokenize(image)
+            _report(on_progress, STAGE_ENCODE, 1, 1)
+        return ImageCodes(self._codes[key].numpy())
+
+    def _denoise_image(
+        self, prompts, init, *, steps, guidance, seed, on_progress, use_cache=True
+    ) -> torch.Tensor:
+        c = self.backbone.config
+        generator = torch.Generator(self.device).manual_seed(seed)
+        return denoise(
+            self.backbone,
+            prompts,
+            init,
+            mask_id=self.tokenizer.mask_id,
+            block_length=self.defaults.block_length,
+            steps=steps,
+            threshold=self.defaults.threshold,
+            guidance=guidance,
+            allowed_vocab=(c.image_token_offset, c.vocab_size),
+            generator=generator,
+            on_step=_stage_steps(on_progress, STAGE_DENOISE),
+            use_cache=use_cache,
+        )
+
+    def _decode(self, codes: torch.Tensor, seed: int, on_progress, turbo: bool) -> np.ndarray:
+        decoder = self._decoder(turbo)
+
+        def on_step(step: int, total: int) -> None:
+            _report(on_progress, STAGE_DECODE, step, total)
+
+        return decoder.decode(codes, seed=seed, on_step=on_step)
+
+    def _metadata(self, task: str, seed: int, started: float, **fields) -> dict[str, str]:
+        meta = {
+            "task": task,
+            "seed": seed,
+            **fields,
+            "model": str(self.root),
+            "model revision": self.revision or "unknown",
+            "app version": app_version(),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+    # ---- tasks ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        width: int = 1024,
+        height: int = 1024,
+        seed: int = 0,
+        thinking: bool = False,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        turbo: bool | None = None,
+        on_progress: OnProgress | None = None,
+        on_text: OnText | None = None,
+    ) -> ImageOutput:
+        """Text to image; in thinking mode the model first writes its reasoning (streamed)."""
+        started = time.perf_counter()
+        prompt = _need_text(prompt, "Type a prompt that describes the image to make.")
+        check_size(width, height)
+        d = self.defaults
+        steps = steps or d.t2i_steps
+        scale = d.t2i_cfg if cfg_scale is None else cfg_scale
+        h, w = height // 32, width // 32  # one token per 32 output px (16 px x decoder 2)
+        uncond = self.tokenizer.encode(text.text_to_image_uncond(h, w))
+        thought = None
+        if thinking:
+            thought, cond = self._think(prompt, h, w, seed, on_progress, on_text)
+        else:
+            cond = self.tokenizer.encode(text.text_to_image(prompt, h, w))
+        self._check_context(len(cond) + h * w)
+        init = torch.full((h * w,), self.tokenizer.mask_id, dtype=torch.long)
+        prompts, guidance = (
+            ([cond, uncond], cfg(scale, d.cfg_rescale))
+            if scale != 1
+            else (
+                [cond],
+                None,
+            )
+        )
+        with torch.inference_mode():
+            tokens = self._denoise_image(
+                prompts, init, steps=steps, guidance=guidance, seed=seed, on_progress=on_progress
+            )
+        codes = (tokens - self.backbone.config.image_token_offset).view(h, w)
+        turbo = d.decoder_turbo if turbo is None else turbo
+        image = self._decode(codes, seed, on_progress, turbo)
+        meta = self._metadata(
+            "generate",
+            seed,
+            started,
+            prompt=prompt,
+            width=width,
+            height=height,
+            grid=[h, w],
+            steps=steps,
+            cfg_scale=scale,
+            thinking=thinking,
+            decoder="turbo" if turbo else "normal",
+        )
+        return ImageOutput(image, meta, thought, codes.numpy())
+
+    def _think(self, prompt, h, w, seed, on_progress, on_text) -> tuple[str, list[int]]:
+        """Phase 1: thinking text until <boi>. The model's own image header is replaced by one
+        for the requested grid, so the image has the size the user asked for."""
+        d = self.defaults
+        ids = self.tokenizer.encode(text.thinking(prompt))
+        room = self.backbone.config.max_position_embeddings - len(ids) - h * w - 8
+        length = min(d.thinking_length, room)
+        if length < d.block_length:
+            raise BadInput("The prompt is too long for thinking mode; shorten it.")
+        streamer = TextStreamer(self.tokenizer, on_text)
+        with torch.inference_mode():
+            out = generate_text(
+                self.backbone,
+                ids,
+                mask_id=self.tokenizer.mask_id,
+                eos_id=self.tokenizer.eos_id,
+                gen_length=length,
+                block_length=d.block_length,
+                steps=d.thinking_steps,
+                threshold=d.threshold,
+                stop_ids=[self.tokenizer.begin_image_id],
+                generator=torch.Generator(self.device).manual_seed(seed),
+                on_step=_both(_stage_steps(on_progress, STAGE_THINK), streamer.update),
+            )
+        start_id = self.tokenizer.token_id(text.IMAGE_START)
+        if start_id in out:  # drop the header the model began writing
+            out = out[: len(out) - out[::-1].index(start_id) - 1]
+        thought = self.tokenizer.decode(out)
+        streamer.finish(thought)
+        return thought, ids + out + self.tokenizer.encode([text.image_header(h, w)])
+
+    def edit(
+        self,
+        image: np.ndarray,
+        instruction: str,
+        *,
+        mask: np.ndarray | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        cfg_text_scale: float | None = None,
+        cfg_image_scale: float | None = None,
+        turbo: bool | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> ImageOutput:
+        """Instruction edit. With a mask only the masked tokens are generated (the rest stay the
+        source tokens) in a context crop, and only pixels under the feathered mask change."""
+        started = time.perf_counter()
+        instruction = _need_text(
+            instruction, "Type an instruction that says how to edit the image."
+        )
+        image = check_image(image)
+        full = (
+            np.zeros(image.shape[:2], bool)
+            if mask is None
+            else masking.validate_mask(mask, image.shape)
+        )
+        plan = masking.plan_edit(image.shape[:2], full)
+        crop = masking.crop_to_bucket(image, plan)
+        source = self.tokenize(crop, on_progress)
+        gh, gw = source.grid
+        repaint = np.ones((gh, gw), bool) if plan.is_global else masking.token_mask(full, plan)
+        c, d = self.backbone.config, self.defaults
+        init = torch.from_numpy(source.codes.astype(np.int64) + c.image_token_offset).view(-1)
+        init[torch.from_numpy(repaint).view(-1)] = self.tokenizer.mask_id
+        ts = d.edit_cfg_text if cfg_text_scale is None else cfg_text_scale
+        si = d.edit_cfg_image if cfg_image_scale is None else cfg_image_scale
+        prompts = [self.tokenizer.encode(text.edit(source, instruction))]
+        prompts.append(self.tokenizer.encode(text.edit_no_text(source)))
+        if si:
+            prompts.append(self.tokenizer.encode(text.edit_no_image(instruction, gh, gw)))
+        self._check_context(len(prompts[0]) + gh * gw)
+        steps = steps or d.edit_steps
+        with torch.inference_mode():
+            tokens = self._denoise_image(
+                prompts,
+                init,
+                steps=steps,
+                guidance=cfg_edit(ts, si, d.cfg_rescale),
+                seed=seed,
+                on_progress=on_progress,
+            )
+        codes = tokens.view(gh, gw) - c.image_token_offset
+        turbo = d.decoder_turbo if turbo is None else turbo
+        generated = self._decode(codes, seed, on_progress, turbo)
+        _report(on_progress, STAGE_COMPOSITE, 0, 1)
+        result = masking.composite(image, generated, plan, full)
+        _report(on_progress, STAGE_COMPOSITE, 1, 1)
+        meta = self._metadata(
+            "edit",
+            seed,
+            started,
+            instruction=instruction,
+            width=image.shape[1],
+            height=image.shape[0],
+            masked=not plan.is_global,
+            box=list(plan.box),
+            bucket=list(plan.bucket),
+            grid=[gh, gw],
+            repainted_tokens=int(repaint.sum()),
+            steps=steps,
+            cfg_text_scale=ts,
+            cfg_image_scale=si,
+            decoder="turbo" if turbo else "normal",
+        )
+        return ImageOutput(result, meta, codes=codes.numpy())
+
+    def understand(
+        self,
+        turns: list[Turn],
+        *,
+        seed: int = 0,
+        mask: np.ndarray | None = None,
+        steps: int | None = None,
+        gen_length: int | None = None,
+        on_progress: OnProgress | None = None,
+        on_text: OnText | None = None,
+    ) -> str:
+        """Answer the last user turn of a chat about images; the answer streams to `on_text`.
+
+        With `mask`, the last user turn's first image is replaced by the masked region's crop.
+        """
+        if not turns or turns[-1].role != "user":
+            raise BadInput("The chat must end with a question from the user.")
+        if not turns[-1].text.strip() and not turns[-1].images:
+            raise BadInput("Type a question, or add an image to ask about.")
+        turns = _with_region(turns, mask)
+        n_images = sum(len(t.images) for t in turns)
+        pieces = []
+        for turn in turns:
+            images = [
+                self.tokenize(
+                    vision.resize_for_understanding(check_image(im), n_images), on_progress
+                )
+                for im in turn.images
+            ]
+            pieces.append((turn.role, turn.text, images))
+        ids = self.tokenizer.encode(text.understanding(pieces))
+        d = self.defaults
+        room = self.backbone.config.max_position_embeddings - len(ids)
+        length = min(gen_length or d.understand_length, room - room % d.block_length)
+        if length < d.block_length:
+            raise BadInput("The chat is too long for the model's context; start a new chat.")
+        streamer = TextStreamer(self.tokenizer, on_text)
+        with torch.inference_mode():
+            out = generate_text(
+                self.backbone,
+                ids,
+                mask_id=self.tokenizer.mask_id,
+                eos_id=self.tokenizer.eos_id,
+                gen_length=length,
+                block_length=d.block_length,
+                steps=steps or d.understand_steps,
+                threshold=d.threshold,
+                generator=torch.Generator(self.device).manual_seed(seed),
+                on_step=_both(_stage_steps(on_progress, STAGE_DENOISE), streamer.update),
+            )
+        answer = self.tokenizer.decode(out)
+        streamer.finish(answer)
+        return answer
+
+    def _check_context(self, length: int) -> None:
+        if length > self.backbone.config.max_position_embeddings:
+            raise BadInput("The request is longer than the model's context; use a smaller image.")
+
+
+class TextStreamer:
+    """Turns committed tokens into text deltas: only the contiguous committed prefix is shown,
+    since a diffusion model commits tokens out of order."""
+
+    def __init__(self, tokenizer: TextTokenizer, on_text: OnText | None):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.shown = ""
+
+    def update(self, report: StepReport) -> None:
+        if self.on_text is None:
+            return
+        tokens = report.tokens.tolist()
+        stops = {self.tokenizer.mask_id, self.tokenizer.eos_id, self.tokenizer.begin_image_id}
+        prefix = next((tokens[:i] for i, t in enumerate(tokens) if t in stops), tokens)
+        self._show(self.tokenizer.decode(prefix).rstrip("\ufffd"))  # wait for whole characters
+
+    def finish(self, final: str) -> None:
+        if self.on_text is not None:
+            self._show(final)
+
+    def _show(self, current: str) -> None:
+        if current.startswith(self.shown) and len(current) > len(self.shown):
+            self.on_text(current[len(self.shown) :])
+            self.shown = current
+
+
+def check_size(width: int, height: int) -> None:
+    for side, name in ((width, "width"), (height, "height")):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_STEP:
+            raise BadInput(
+                f"The {name} must be between {MIN_SIDE} and {MAX_SIDE} px in steps of "
+                f"{SIDE_STEP} px, not {side}."
+            )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise BadInput(f"The aspect ratio {width}x{height} is wider than 4:1.")
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise BadInput("The image must be an RGB picture ([H, W, 3] pixels).")
+    if image.dtype != np.uint8:
+        raise BadInput("The image must have 8-bit channels; read it with vision.read_image.")
+    if min(image.shape[:2]) < 1:
+        raise BadInput("The image is empty.")
+    return image
+
+
+def _need_text(value: str, sentence: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(sentence)
+    return value.strip()
+
+
+def _with_region(turns: list[Turn], mask: np.ndarray | None) -> list[Turn]:
+    if mask is None:
+        return turns
+    last = turns[-1]
+    if not last.images:
+        raise BadInput("A region question needs the image the mask was painted on.")
+    region = masking.validate_mask(mask, last.images[0].shape)
+    if not region.any():
+        raise BadInput("The mask covers nothing; paint the region to ask about.")
+    crop = masking.region_crop(last.images[0], region)
+    return [*turns[:-1], Turn(last.role, last.text, (crop, *last.images[1:]))]
+
+
+def _report(on_progress: OnProgress | None, stage: str, step: int, total: int) -> None:
+    if on_progress:
+        on_progress(stage, step, total)
+
+
+def _stage_steps(on_progress: OnProgress | None, stage: str):
+    def on_step(report: StepReport) -> None:
+        _report(on_progress, stage, report.step, report.total)
+
+    return on_step
+
+
+def _both(first, second):
+    def on_step(report: StepReport) -> None:
+        first(report)
+        second(report)
+
+    return on_step
+
+
+def _rss_gib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
