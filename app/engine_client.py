@@ -158,6 +158,7 @@ class EngineClient(QObject):
         self._kill_after_s = kill_after_s  # a cancelled job that has not stopped by then is killed
         self._transport: Transport | None = None
         self._serve_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[Request] = deque()
         self._running: Request | None = None
         self._interrupting = ""  # the running job's id once it was cancelled
@@ -189,8 +190,10 @@ class EngineClient(QObject):
     async def start(self) -> None:
         """Start the engine and wait for it to say it is ready; raises EngineError if it cannot."""
         self._closing = False
+        self._loop = asyncio.get_running_loop()
         await self._launch()
         self._serve_task = asyncio.ensure_future(self._serve())
+        self._serve_task.add_done_callback(self._served)
         self._dispatch()
 
     def submit(self, request: Request, *, front: bool = False) -> str:
@@ -223,7 +226,8 @@ class EngineClient(QObject):
         if self._running is not None and self._running.job_id == job_id and self._transport:
             self._interrupting = job_id
             self._transport.send(Cancel(job_id))
-            asyncio.get_running_loop().call_later(self._kill_after_s, self._force_stop, job_id)
+            assert self._loop is not None
+            self._loop.call_later(self._kill_after_s, self._force_stop, job_id)
 
     def cancel_queued(self) -> None:
         for request in list(self._queue):
@@ -308,6 +312,12 @@ class EngineClient(QObject):
                 continue
             self._deliver(event)
 
+    def _served(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the engine client failed", exc_info=task.exception())
+            self._set_state("stopped")
+            self.stopped.emit("The connection to the engine failed; see the log, then restart.")
+
     async def _recover(self, transport: Transport) -> bool:
         """The engine died: fail its job, start a new one, reload the model. False: gave up."""
         transport.kill()
@@ -315,6 +325,7 @@ class EngineClient(QObject):
         with contextlib.suppress(TimeoutError):
             code = await asyncio.wait_for(transport.wait(), 5.0)
         self._transport = None
+        self._set_state("starting")
         job, self._running = self._running, None
         if job is not None and job.job_id == self._interrupting:
             self._deliver(Failed(job.job_id, "The job was cancelled.", "cancelled"))
@@ -347,11 +358,10 @@ class EngineClient(QObject):
             self._transport.kill()
 
     def _dispatch(self) -> None:
-        if self._running is not None or not self._queue or self.state != "ready":
+        if self._running is not None or not self._queue or self._transport is None:
             return
         request = self._running = self._queue.popleft()
         self._interrupting = ""
-        assert self._transport is not None
         self._transport.send(request)
         self.queue_changed.emit()
         self.job_started.emit(request.job_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -124,8 +125,7 @@ class FakeEngine:
     def __init__(self, step_s: float = 0.01, version: int = VERSION):
         self.requests: list = []
         self.pid = -1
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._alive = True
         factory = lambda request, on_progress: fake_pipeline(request, on_progress, step_s)  # noqa: E731
         self._worker = Worker(self._emit, factory)
@@ -151,7 +151,10 @@ class FakeEngine:
             self._worker.accept(request)
 
     async def receive(self):
-        event = await self._events.get()
+        # Polls, so that no thread calls into the (qasync) loop: keeps the fake simple and safe.
+        while self._events.empty():
+            await asyncio.sleep(0.002)
+        event = self._events.get()
         if event is None:
             raise EOFError
         return event
@@ -161,7 +164,7 @@ class FakeEngine:
         if self._alive:
             self._alive = False
             self._worker.stop()
-            self._events.put_nowait(None)
+            self._events.put(None)
 
     def close(self) -> None:
         self._worker.stop()
@@ -170,11 +173,14 @@ class FakeEngine:
         self.crash()
 
     async def wait(self) -> int:
-        await asyncio.to_thread(self._thread.join, 5.0)
+        for _ in range(500):  # polls: no executor threads, which qasync loops handle poorly
+            if not self._thread.is_alive():
+                break
+            await asyncio.sleep(0.01)
         self.crash()
         return 0
 
     def _emit(self, event) -> None:
         event = roundtrip(event, EVENTS)
         if self._alive:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._events.put(event)
