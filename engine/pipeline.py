@@ -229,7 +229,7 @@ class Pipeline:
     ) -> ImageOutput:
         """Text to image; in thinking mode the model first writes its reasoning (streamed)."""
         started = time.perf_counter()
-        prompt = _need_text(prompt, "Type a prompt that describes the image to make.")
+        prompt = need_text(prompt, "Type a prompt that describes the image to make.")
         check_size(width, height)
         d = self.defaults
         steps = steps or d.t2i_steps
@@ -320,9 +320,7 @@ class Pipeline:
         """Instruction edit. With a mask only the masked tokens are generated (the rest stay the
         source tokens) in a context crop, and only pixels under the feathered mask change."""
         started = time.perf_counter()
-        instruction = _need_text(
-            instruction, "Type an instruction that says how to edit the image."
-        )
+        instruction = need_text(instruction, "Type an instruction that says how to edit the image.")
         image = check_image(image)
         full = (
             np.zeros(image.shape[:2], bool)
@@ -485,7 +483,7 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _need_text(value: str, sentence: str) -> str:
+def need_text(value: str, sentence: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadInput(sentence)
     return value.strip()

@@ -1,0 +1,53 @@
+"""Set up the project's virtual environment (.venv) and run the app or the tests in it.
+
+    python3 dev.py app     set up, then open LLaDA Studio
+    python3 dev.py test    set up, then run the whole test suite
+
+Needs only Python 3.11+. Set-up installs the pinned packages of pyproject.toml once, and again
+whenever pyproject.toml changes.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+STAMP = VENV / ".installed"
+
+
+def setup() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py may be run by an older python)
+        sys.exit("LLaDA Studio needs Python 3.11 or newer.")
+    if not PYTHON.exists():
+        print("Creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    print("Installing packages (first run only) ...", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)  # alone first: the CPU/CUDA wheel
+    subprocess.run(pip + ["-e", f"{ROOT}[dev]"], check=True)
+    STAMP.write_text(wanted)
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else "app"
+    if command not in ("app", "test"):
+        sys.exit(__doc__)
+    setup()
+    if command == "test":
+        args = [str(PYTHON), "-m", "pytest", "-q", *sys.argv[2:]]
+        env = os.environ | {"QT_QPA_PLATFORM": "offscreen"}
+    else:
+        args, env = [str(PYTHON), str(ROOT / "main.py"), *sys.argv[2:]], os.environ
+    return subprocess.run(args, cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
