@@ -170,12 +170,7 @@ class Worker:
                 self._emit(ImageResult(job_id, out.image, dict(out.metadata), out.thinking))
             case Understand():
                 pipeline = self._loaded()
-                turns = _pipeline_turns(pipeline, request.turns)
-                if request.mask is not None:
-                    last = next((t.images[-1] for t in reversed(turns) if t.images), None)
-                    if last is None:
-                        raise BadInput("A region was marked but the chat holds no image.")
-                    _check_mask(request.mask, last)
+                turns = _pipeline_turns(pipeline, request.turns)  # the pipeline checks the mask
                 text = pipeline.understand(
                     turns,
                     seed=request.seed,

@@ -119,7 +119,6 @@ def test_a_cancelled_queued_job_never_runs(run):
             p.Understand("bad", (p.ChatTurn("user", "?", (np.zeros((4, 4), np.uint8),)),)),
             "bad_input",
         ),
-        (p.Understand("bad", (p.ChatTurn("user", "?"),), mask=np.ones((2, 2), bool)), "bad_input"),
         (p.Generate("bad", "raise", 4, 4), "internal"),
     ],
 )
