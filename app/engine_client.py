@@ -89,6 +89,7 @@ class EngineProcess:
             PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
         )
         no_window = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0
+        _watch_children_in_loop()
         with open(log_path, "ab") as stderr:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -124,6 +125,21 @@ class EngineProcess:
 
     async def wait(self) -> int | None:
         return await self._process.wait()
+
+
+def _watch_children_in_loop() -> None:
+    """On Python 3.11 asyncio reaps each child on a thread of its own, which then calls
+    `call_soon_threadsafe`; under qasync that crashed. A pidfd watcher waits in the loop
+    instead (3.12 does this by default on Linux). Windows' proactor loop needs no watcher."""
+    if sys.platform != "linux" or sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    loop = asyncio.get_running_loop()
+    watcher = asyncio.get_child_watcher()
+    if not isinstance(watcher, asyncio.PidfdChildWatcher):
+        watcher = asyncio.PidfdChildWatcher()
+        asyncio.set_child_watcher(watcher)
+    if watcher._loop is not loop:  # a watcher serves one loop; tests make one loop per test
+        watcher.attach_loop(loop)
 
 
 StartEngine = Callable[[], Awaitable[Transport]]
