@@ -32,7 +32,7 @@ OnText = Callable[[str], None]
 
 STAGE_LOAD, STAGE_ENCODE, STAGE_THINK = "load model", "encode image", "thinking"
 STAGE_DENOISE, STAGE_DECODE, STAGE_COMPOSITE = "denoise tokens", "decode", "composite"
-MIN_SIDE, MAX_SIDE, SIDE_STEP, MAX_ASPECT = 256, 1024, 32, 4
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 32
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Defaults:
     edit_steps: int = 8
     edit_cfg_text: float = 4.0
     edit_cfg_image: float = 0.0
+    edit_budget: int = 512  # crop buckets hold about edit_budget² px (official: 512)
     understand_steps: int = 32
     understand_length: int = 2048
     block_length: int = 32
@@ -322,17 +323,17 @@ class Pipeline:
         started = time.perf_counter()
         instruction = need_text(instruction, "Type an instruction that says how to edit the image.")
         image = check_image(image)
+        c, d = self.backbone.config, self.defaults
         full = (
             np.zeros(image.shape[:2], bool)
             if mask is None
             else masking.validate_mask(mask, image.shape)
         )
-        plan = masking.plan_edit(image.shape[:2], full)
+        plan = masking.plan_edit(image.shape[:2], full, buckets=vision.edit_buckets(d.edit_budget))
         crop = masking.crop_to_bucket(image, plan)
         source = self.tokenize(crop, on_progress)
         gh, gw = source.grid
         repaint = np.ones((gh, gw), bool) if plan.is_global else masking.token_mask(full, plan)
-        c, d = self.backbone.config, self.defaults
         init = torch.from_numpy(source.codes.astype(np.int64) + c.image_token_offset).view(-1)
         init[torch.from_numpy(repaint).view(-1)] = self.tokenizer.mask_id
         ts = d.edit_cfg_text if cfg_text_scale is None else cfg_text_scale
@@ -396,18 +397,7 @@ class Pipeline:
             raise BadInput("The chat must end with a question from the user.")
         if not turns[-1].text.strip() and not turns[-1].images:
             raise BadInput("Type a question, or add an image to ask about.")
-        turns = _with_region(turns, mask)
-        n_images = sum(len(t.images) for t in turns)
-        pieces = []
-        for turn in turns:
-            images = [
-                self.tokenize(
-                    vision.resize_for_understanding(check_image(im), n_images), on_progress
-                )
-                for im in turn.images
-            ]
-            pieces.append((turn.role, turn.text, images))
-        ids = self.tokenizer.encode(text.understanding(pieces))
+        ids = self.chat_ids(turns, mask, on_progress)
         d = self.defaults
         room = self.backbone.config.max_position_embeddings - len(ids)
         length = min(gen_length or d.understand_length, room - room % d.block_length)
@@ -430,6 +420,21 @@ class Pipeline:
         answer = self.tokenizer.decode(out)
         streamer.finish(answer)
         return answer
+
+    def chat_ids(self, turns: list[Turn], mask=None, on_progress=None) -> list[int]:
+        """The prompt ids of a chat: every turn, and every image as its VQ codes."""
+        turns = _with_region(turns, mask)
+        n_images = sum(len(t.images) for t in turns)
+        pieces = []
+        for turn in turns:
+            images = [
+                self.tokenize(
+                    vision.resize_for_understanding(check_image(im), n_images), on_progress
+                )
+                for im in turn.images
+            ]
+            pieces.append((turn.role, turn.text, images))
+        return self.tokenizer.encode(text.understanding(pieces))
 
     def _check_context(self, length: int) -> None:
         if length > self.backbone.config.max_position_embeddings:
@@ -463,14 +468,13 @@ class TextStreamer:
 
 
 def check_size(width: int, height: int) -> None:
+    """256..1024 px per side in steps of 32 (which also bounds the aspect ratio at 4:1)."""
     for side, name in ((width, "width"), (height, "height")):
         if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_STEP:
             raise BadInput(
                 f"The {name} must be between {MIN_SIDE} and {MAX_SIDE} px in steps of "
                 f"{SIDE_STEP} px, not {side}."
             )
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise BadInput(f"The aspect ratio {width}x{height} is wider than 4:1.")
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

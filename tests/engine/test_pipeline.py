@@ -1,0 +1,184 @@
+"""The user tasks end to end on the tiny checkpoint: sizes, seeds, masked edits, chat, cancel."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine import masking, vision
+from engine.errors import BadInput, Cancelled
+from engine.pipeline import Pipeline, Turn
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_checkpoint):
+    pipe = Pipeline.load(tiny_checkpoint, device="cpu")
+    # small crop buckets keep edits to a few dozen tokens on the CPU; the code path is the same
+    pipe.defaults = replace(pipe.defaults, thinking_length=64, thinking_steps=4, edit_budget=128)
+    return pipe
+
+
+def picture(h=200, w=300, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], -1)
+    return (base + rng.integers(0, 20, (h, w, 3))).clip(0, 255).astype(np.uint8)
+
+
+def test_generate_gives_the_requested_size_and_seed_reproduces(pipeline):
+    a = pipeline.generate("a red fox", width=256, height=320, seed=3)
+    b = pipeline.generate("a red fox", width=256, height=320, seed=3)
+    c = pipeline.generate("a red fox", width=256, height=320, seed=4)
+    assert a.image.shape == (320, 256, 3) and a.image.dtype == np.uint8
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.codes, b.codes)
+    assert not np.array_equal(a.image, c.image)
+    assert a.codes.shape == (10, 8) and (a.codes >= 0).all() and (a.codes < 16384).all()
+    meta = a.metadata
+    assert meta["task"] == "generate" and meta["seed"] == "3" and meta["prompt"] == "a red fox"
+    assert meta["steps"] == "8" and meta["cfg_scale"] == "2.0" and meta["width"] == "256"
+    assert "app version" in meta and meta["model"].endswith("LLaDA2.0-Uni")
+
+
+def test_wide_aspect_and_no_cfg(pipeline):
+    out = pipeline.generate("a long banner", width=1024, height=256, cfg_scale=1.0, steps=2)
+    assert out.image.shape == (256, 1024, 3)
+
+
+def test_thinking_mode_streams_its_text_and_makes_the_image(pipeline):
+    deltas, stages = [], set()
+    out = pipeline.generate(
+        "a fox",
+        width=256,
+        height=256,
+        thinking=True,
+        on_text=deltas.append,
+        on_progress=lambda stage, step, total: stages.add(stage),
+    )
+    assert out.image.shape == (256, 256, 3)
+    assert "".join(deltas) == out.thinking
+    assert {"thinking", "denoise tokens", "decode"} <= stages
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "words"),
+    [(250, 256, "steps of 32"), (1056, 256, "between 256 and 1024"), (1024, 224, "between")],
+)
+def test_bad_sizes_are_one_sentence(pipeline, width, height, words):
+    with pytest.raises(BadInput, match=words):
+        pipeline.generate("a fox", width=width, height=height)
+
+
+def test_empty_prompt_and_instruction_are_refused(pipeline):
+    with pytest.raises(BadInput, match="Type a prompt"):
+        pipeline.generate("   ")
+    with pytest.raises(BadInput, match="Type an instruction"):
+        pipeline.edit(picture(), "")
+
+
+def test_masked_edit_keeps_everything_outside_the_feathered_mask(pipeline):
+    image = picture()
+    mask = np.zeros(image.shape[:2], bool)
+    mask[60:110, 150:220] = True
+    out = pipeline.edit(image, "make it blue", mask=mask, seed=1)
+    assert out.image.shape == image.shape
+    plan = masking.plan_edit(image.shape[:2], mask, buckets=vision.edit_buckets(128))
+    alpha = masking.feathered_alpha(mask, plan)
+    assert np.array_equal(out.image[alpha == 0], image[alpha == 0])
+    assert not np.array_equal(out.image[mask], image[mask])
+    source = pipeline.tokenize(masking.crop_to_bucket(image, plan)).codes
+    repaint = masking.token_mask(mask, plan)
+    assert 0 < repaint.sum() < repaint.size
+    assert np.array_equal(out.codes[~repaint], source[~repaint])
+    assert out.metadata["masked"] == "true"
+    assert out.metadata["repainted_tokens"] == str(int(repaint.sum()))
+
+
+def test_same_seed_reproduces_an_edit(pipeline):
+    image, mask = picture(seed=2), np.zeros((200, 300), bool)
+    mask[10:60, 10:60] = True
+    a = pipeline.edit(image, "add a hat", mask=mask, seed=5)
+    b = pipeline.edit(image, "add a hat", mask=mask, seed=5)
+    c = pipeline.edit(image, "add a hat", mask=mask, seed=6)
+    assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_empty_mask_is_a_global_edit_and_full_mask_works(pipeline):
+    image = picture()
+    globally = pipeline.edit(image, "make it winter", mask=np.zeros((200, 300), bool))
+    assert globally.metadata["masked"] == "false"
+    assert globally.metadata["repainted_tokens"] == str(globally.codes.size)
+    unmasked = pipeline.edit(image, "make it winter")
+    assert np.array_equal(unmasked.image, globally.image)
+    full = pipeline.edit(image, "make it winter", mask=np.ones((200, 300), bool))
+    assert full.image.shape == image.shape and not np.array_equal(full.image, image)
+
+
+def test_three_way_edit_guidance_runs(pipeline):
+    out = pipeline.edit(picture(), "make it blue", cfg_image_scale=1.5, steps=2)
+    assert out.metadata["cfg_image_scale"] == "1.5"
+
+
+def test_mask_of_another_size_is_one_sentence(pipeline):
+    with pytest.raises(BadInput, match="mask is 100x100 px but the image is 300x200"):
+        pipeline.edit(picture(), "make it blue", mask=np.ones((100, 100), bool))
+
+
+def test_cancel_mid_denoise_stops_within_one_step(pipeline):
+    seen = []
+
+    def on_progress(stage, step, total):
+        seen.append((stage, step))
+        if stage == "denoise tokens" and step == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        pipeline.generate("a fox", width=256, height=256, on_progress=on_progress)
+    assert seen[-1] == ("denoise tokens", 2)
+    assert not any(stage == "decode" for stage, _ in seen)
+
+
+def test_understanding_streams_the_answer(pipeline):
+    deltas = []
+    answer = pipeline.understand(
+        [Turn("user", "What is in this picture?", (picture(),))],
+        on_text=deltas.append,
+        gen_length=64,
+        steps=4,
+    )
+    assert "".join(deltas) == answer
+
+
+def test_multi_turn_chat_keeps_earlier_turns_and_images(pipeline):
+    first, second = picture(seed=1), picture(120, 160, seed=2)
+    chat = [
+        Turn("user", "What is this?", (first,)),
+        Turn("assistant", "A red fox"),
+        Turn("user", "And this one?", (second,)),
+    ]
+    ids = pipeline.chat_ids(chat)
+    tok = pipeline.tokenizer
+    assert tok.encode(["A red fox"])[0] in ids
+    image_ids = [i for i in ids if i >= tok.image_token_offset]
+    one = pipeline.chat_ids(chat[:1])
+    assert len(image_ids) > len([i for i in one if i >= tok.image_token_offset])
+    answer = pipeline.understand(chat, gen_length=32, steps=2)
+    assert isinstance(answer, str)
+
+
+def test_region_question_uses_the_masked_crop(pipeline):
+    image = picture(400, 600)
+    mask = np.zeros((400, 600), bool)
+    mask[300:340, 500:560] = True
+    whole = pipeline.chat_ids([Turn("user", "What is here?", (image,))])
+    region = pipeline.chat_ids([Turn("user", "What is here?", (image,))], mask=mask)
+    assert region != whole
+    with pytest.raises(BadInput, match="covers nothing"):
+        pipeline.chat_ids([Turn("user", "?", (image,))], mask=np.zeros((400, 600), bool))
+
+
+def test_chat_must_end_with_a_question(pipeline):
+    with pytest.raises(BadInput):
+        pipeline.understand([Turn("user", "  ")])
+    with pytest.raises(BadInput):
+        pipeline.understand([Turn("assistant", "hi")])
