@@ -68,6 +68,10 @@ class Defaults:
     threshold: float = 0.95
     cfg_rescale: float = 0.0  # sglang-omni uses 0.7; the Uni-derived LLaDA-Image copy uses none
     decoder_turbo: bool = True
+    # Exact or near-exact speed-ups: the KV cache of completed blocks (exact) and threshold
+    # acceptance (commits every token above `threshold` at once). False runs the plain official
+    # baseline: the whole prefix every step, a fixed number of tokens per step.
+    accelerate: bool = True
 
 
 def app_version() -> str:
@@ -172,9 +176,11 @@ class Pipeline:
             _report(on_progress, STAGE_ENCODE, 1, 1)
         return ImageCodes(self._codes[key].numpy())
 
-    def _denoise_image(
-        self, prompts, init, *, steps, guidance, seed, on_progress, use_cache=True
-    ) -> torch.Tensor:
+    def _speed(self) -> dict:
+        d = self.defaults
+        return {"threshold": d.threshold if d.accelerate else None, "use_cache": d.accelerate}
+
+    def _denoise_image(self, prompts, init, *, steps, guidance, seed, on_progress) -> torch.Tensor:
         c = self.backbone.config
         generator = torch.Generator(self.device).manual_seed(seed)
         return denoise(
@@ -184,12 +190,11 @@ class Pipeline:
             mask_id=self.tokenizer.mask_id,
             block_length=self.defaults.block_length,
             steps=steps,
-            threshold=self.defaults.threshold,
             guidance=guidance,
             allowed_vocab=(c.image_token_offset, c.vocab_size),
             generator=generator,
             on_step=_stage_steps(on_progress, STAGE_DENOISE),
-            use_cache=use_cache,
+            **self._speed(),
         )
 
     def _decode(self, codes: torch.Tensor, seed: int, on_progress, turbo: bool) -> np.ndarray:
@@ -293,7 +298,7 @@ class Pipeline:
                 gen_length=length,
                 block_length=d.block_length,
                 steps=d.thinking_steps,
-                threshold=d.threshold,
+                **self._speed(),
                 stop_ids=[self.tokenizer.begin_image_id],
                 generator=torch.Generator(self.device).manual_seed(seed),
                 on_step=_both(_stage_steps(on_progress, STAGE_THINK), streamer.update),
@@ -413,7 +418,7 @@ class Pipeline:
                 gen_length=length,
                 block_length=d.block_length,
                 steps=steps or d.understand_steps,
-                threshold=d.threshold,
+                **self._speed(),
                 generator=torch.Generator(self.device).manual_seed(seed),
                 on_step=_both(_stage_steps(on_progress, STAGE_DENOISE), streamer.update),
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -123,8 +123,9 @@ def random_weights(config: BackboneConfig, seed: int) -> dict[str, torch.Tensor]
             tensor = 1.0 + 0.1 * torch.randn(shape, generator=generator)
         elif name.endswith("expert_bias"):
             tensor = 0.05 * torch.randn(shape, generator=generator)
-        else:
-            tensor = 0.1 * torch.randn(shape, generator=generator)
+        else:  # std ~ 1/sqrt(fan-in), so activations stay in range at any width
+            std = min(0.1, shape[-1] ** -0.5)
+            tensor = (std * torch.randn(shape, generator=generator)).to(torch.bfloat16)
         weights[name] = tensor.to(torch.bfloat16)
     return weights
 
@@ -143,17 +144,24 @@ def write_shards(folder: Path, weights: dict[str, torch.Tensor], shards: int = 3
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def write_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """Write every part of a tiny checkpoint into `folder` and return it."""
+def write_tiny_checkpoint(folder: Path, seed: int = 0, widths: str = "tiny") -> Path:
+    """Write every part of a random checkpoint into `folder` and return it.
+
+    widths "tiny" is for tests; "real" has the real backbone widths (hidden 2048, 256 experts of
+    512, top-8, the real vocabulary) but only 2 layers, for benchmarks (about 3 GB).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tokenizer(folder)
-    offset = 512
-    assert tokenizer.get_vocab_size() <= offset
-    config = tiny_config(offset, tokenizer.token_to_id("<|endoftext|>"))
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    if widths == "real":
+        config = replace(BackboneConfig.real(), num_hidden_layers=2, pad_token_id=eos)
+    else:
+        config = tiny_config(512, eos)
+    assert tokenizer.get_vocab_size() <= config.image_token_offset
     (folder / "config.json").write_text(json.dumps(official_config_json(config), indent=2))
     write_shards(folder, random_weights(config, seed))
-    if importlib.util.find_spec("engine.tiny_vision"):
+    if widths == "tiny" and importlib.util.find_spec("engine.tiny_vision"):
         from engine.tiny_vision import write_tiny_vision
 
         write_tiny_vision(folder, seed)
@@ -164,8 +172,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--widths", choices=("tiny", "real"), default="tiny", help="real: 2 layers, ~3 GB"
+    )
     args = parser.parse_args()
-    print(write_tiny_checkpoint(args.out_dir, args.seed))
+    print(write_tiny_checkpoint(args.out_dir, args.seed, args.widths))
 
 
 if __name__ == "__main__":
