@@ -60,6 +60,8 @@ class Understand:
     turns: tuple[ChatTurn, ...]
     seed: int = 0
     mask: np.ndarray | None = None  # [H, W] bool over the last image: ask about this region
+    steps: int | None = None  # denoising steps per block; None: the official 32
+    max_tokens: int | None = None  # answer length limit; None: the official 2048
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Generate:
     thinking: bool = False  # reason in text first; the reasoning streams as TextDelta
     steps: int | None = None  # None: the official default
     cfg_scale: float | None = None
+    turbo: bool | None = None  # decoder-turbo (8 steps) or the normal decoder; None: turbo
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Edit:
     steps: int | None = None
     cfg_text_scale: float | None = None
     cfg_image_scale: float | None = None
+    turbo: bool | None = None
 
 
 @dataclass(frozen=True)

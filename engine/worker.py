@@ -149,6 +149,7 @@ class Worker:
                     thinking=request.thinking,
                     steps=request.steps,
                     cfg_scale=request.cfg_scale,
+                    turbo=request.turbo,
                     on_progress=self._on_progress(job_id),
                     on_text=self._on_text(job_id),
                 )
@@ -165,6 +166,7 @@ class Worker:
                     steps=request.steps,
                     cfg_text_scale=request.cfg_text_scale,
                     cfg_image_scale=request.cfg_image_scale,
+                    turbo=request.turbo,
                     on_progress=self._on_progress(job_id),
                 )
                 self._emit(ImageResult(job_id, out.image, dict(out.metadata), out.thinking))
@@ -175,6 +177,8 @@ class Worker:
                     turns,
                     seed=request.seed,
                     mask=request.mask,
+                    steps=request.steps,
+                    gen_length=request.max_tokens,
                     on_progress=self._on_progress(job_id),
                     on_text=self._on_text(job_id),
                 )

@@ -89,7 +89,9 @@ def test_generate_edit_ask_match_the_pipeline_and_a_bad_image_fails_alone(
     mask[10:40, 20:60] = True
     want_gen = direct.generate("a red fox", width=256, height=256, seed=7)
     want_edit = direct.edit(IMAGE, "make it blue", mask=mask, seed=2)
-    want_text = direct.understand([Turn("user", "what is this?", (IMAGE,))], seed=1)
+    want_text = direct.understand(
+        [Turn("user", "what is this?", (IMAGE,))], seed=1, steps=4, gen_length=64
+    )
 
     async def body():
         client = await started(tmp_path, tiny_checkpoint)
@@ -105,7 +107,7 @@ def test_generate_edit_ask_match_the_pipeline_and_a_bad_image_fails_alone(
             edit = await client.run(p.Edit("e", IMAGE, "make it blue", mask, seed=2))
             assert np.array_equal(edit[-2].image, want_edit.image)
             turns = (p.ChatTurn("user", "what is this?", (IMAGE,)),)
-            ask = await client.run(p.Understand("u", turns, seed=1))
+            ask = await client.run(p.Understand("u", turns, seed=1, steps=4, max_tokens=64))
             assert ask[-2] == p.TextResult("u", want_text)
             deltas = "".join(e.text for e in ask if isinstance(e, p.TextDelta))
             assert deltas.strip() == want_text.strip()
