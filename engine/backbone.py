@@ -379,11 +379,13 @@ class Backbone(nn.Module):
         cache: KVCache | None = None,
         store: bool = False,
         last: int | None = None,
+        vocab: tuple[int, int] | None = None,
     ) -> Tensor:
         """ids, positions [B, L]; mask [B, 1, L, S] bool (True = may attend) -> logits fp32.
 
         With a cache, S = cache.length + L. `store` keeps this call's keys and values in the
-        cache; `last` computes logits only for the last `last` tokens ([B, last, V]), none if 0.
+        cache; `last` computes logits only for the last `last` tokens ([B, last, V]), none if 0;
+        `vocab` (lo, hi) computes only the logits of ids lo..hi-1 ([..., hi - lo]).
         """
         x = self.model.word_embeddings(ids)  # [B, L, D]
         freqs = positions.float().unsqueeze(-1) * self.inv_freq.float()  # [B, L, r/2]
@@ -397,7 +399,8 @@ class Backbone(nn.Module):
             return x.new_empty(0)
         if last is not None:
             x = x[:, -last:]
-        return self.lm_head(self.model.norm(x)).float()  # [B, L or last, V]
+        head = self.lm_head.weight if vocab is None else self.lm_head.weight[vocab[0] : vocab[1]]
+        return F.linear(self.model.norm(x), head).float()  # [B, L or last, V]
 
 
 _EXPERT_KEY = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+_proj)\.weight$")

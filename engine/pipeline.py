@@ -72,6 +72,9 @@ class Defaults:
     # acceptance (commits every token above `threshold` at once). False runs the plain official
     # baseline: the whole prefix every step, a fixed number of tokens per step.
     accelerate: bool = True
+    # Image tokens are drawn from the 16384 VQ ids only, masked after CFG as sglang-omni does
+    # (facts §3.9; unconfirmed for the official code, whose LLaDA-Image copy does not mask).
+    image_only_vocab: bool = True
 
 
 def app_version() -> str:
@@ -181,7 +184,7 @@ class Pipeline:
         return {"threshold": d.threshold if d.accelerate else None, "use_cache": d.accelerate}
 
     def _denoise_image(self, prompts, init, *, steps, guidance, seed, on_progress) -> torch.Tensor:
-        c = self.backbone.config
+        c, d = self.backbone.config, self.defaults
         generator = torch.Generator(self.device).manual_seed(seed)
         return denoise(
             self.backbone,
@@ -191,7 +194,7 @@ class Pipeline:
             block_length=self.defaults.block_length,
             steps=steps,
             guidance=guidance,
-            allowed_vocab=(c.image_token_offset, c.vocab_size),
+            allowed_vocab=(c.image_token_offset, c.vocab_size) if d.image_only_vocab else None,
             generator=generator,
             on_step=_stage_steps(on_progress, STAGE_DENOISE),
             **self._speed(),

@@ -159,9 +159,11 @@ def denoise(
     """Fill the masked entries of `init` [G] after the prompts; returns the generated part [G].
 
     `guidance` mixes the rows' logits (CFG); without it there must be one prompt.
-    `allowed_vocab` (lo, hi) restricts drawn ids to that range (image-only vocabulary), applied
-    after guidance. `adaptive` commits ceil(masked / steps left) per step instead of the fixed
-    official schedule. The run stops after a block in which a `stop_ids` token was committed.
+    `allowed_vocab` (lo, hi) restricts drawn ids to that range (image-only vocabulary); only
+    those logits are computed (a tenth of the head for images), so guidance and its rescale see
+    the restricted vocabulary, as when masking after CFG. `adaptive` commits
+    ceil(masked / steps left) per step instead of the fixed official schedule. The run stops
+    after a block in which a `stop_ids` token was committed.
     """
     if guidance is None and len(prompts) != 1:
         raise ValueError("several prompt rows need a guidance function")
@@ -188,20 +190,14 @@ def denoise(
             if not active.any():
                 break
             if use_cache:
-                logits = model(
-                    layout.ids[:, lo:hi],
-                    layout.positions[:, lo:hi],
-                    layout.mask(lo, hi, hi),
-                    cache,
-                )  # [R, B, V]
+                window = (layout.ids[:, lo:hi], layout.positions[:, lo:hi], layout.mask(lo, hi, hi))
+                logits = model(*window, cache, vocab=allowed_vocab)  # [R, B, V]
             else:
-                logits = model(
-                    layout.ids[:, :hi], layout.positions[:, :hi], layout.mask(0, hi, hi), last=B
-                )
+                prefix = (layout.ids[:, :hi], layout.positions[:, :hi], layout.mask(0, hi, hi))
+                logits = model(*prefix, last=B, vocab=allowed_vocab)
             mixed = guidance(logits) if guidance else logits[0]  # [B, V]
-            if allowed_vocab is not None:
-                mixed = _restrict(mixed, *allowed_vocab)
             tokens, p = sample(mixed[active], sampling, generator)
+            tokens += allowed_vocab[0] if allowed_vocab else 0
             confidence = torch.full((B,), float("-inf"), device=device)
             confidence[active] = p
             proposal = torch.full((B,), mask_id, dtype=torch.long, device=device)
@@ -229,12 +225,6 @@ def _part(layout: Layout) -> Tensor:
 
 def _dtype(model: Backbone) -> torch.dtype:
     return model.model.word_embeddings.weight.dtype
-
-
-def _restrict(logits: Tensor, lo: int, hi: int) -> Tensor:
-    out = torch.full_like(logits, float("-inf"))
-    out[:, lo:hi] = logits[:, lo:hi]
-    return out
 
 
 def cfg(scale: float, rescale: float = 0.0) -> Guidance:
