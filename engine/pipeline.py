@@ -200,6 +200,23 @@ class Pipeline:
             **self._speed(),
         )
 
+    def _write_text(self, ids, length, steps, seed, stop_ids, on_step) -> list[int]:
+        """The text loop (§5.1) on the full vocabulary, up to EOS or a stop id."""
+        with torch.inference_mode():
+            return generate_text(
+                self.backbone,
+                ids,
+                mask_id=self.tokenizer.mask_id,
+                eos_id=self.tokenizer.eos_id,
+                gen_length=length,
+                block_length=self.defaults.block_length,
+                steps=steps,
+                stop_ids=stop_ids,
+                generator=torch.Generator(self.device).manual_seed(seed),
+                on_step=on_step,
+                **self._speed(),
+            )
+
     def _decode(self, codes: torch.Tensor, seed: int, on_progress, turbo: bool) -> np.ndarray:
         decoder = self._decoder(turbo)
 
@@ -292,20 +309,10 @@ class Pipeline:
         if length < d.block_length:
             raise BadInput("The prompt is too long for thinking mode; shorten it.")
         streamer = TextStreamer(self.tokenizer, on_text)
-        with torch.inference_mode():
-            out = generate_text(
-                self.backbone,
-                ids,
-                mask_id=self.tokenizer.mask_id,
-                eos_id=self.tokenizer.eos_id,
-                gen_length=length,
-                block_length=d.block_length,
-                steps=d.thinking_steps,
-                **self._speed(),
-                stop_ids=[self.tokenizer.begin_image_id],
-                generator=torch.Generator(self.device).manual_seed(seed),
-                on_step=_both(_stage_steps(on_progress, STAGE_THINK), streamer.update),
-            )
+        out = self._write_text(
+            ids, length, d.thinking_steps, seed, [self.tokenizer.begin_image_id],
+            _both(_stage_steps(on_progress, STAGE_THINK), streamer.update),
+        )  # fmt: skip
         start_id = self.tokenizer.token_id(text.IMAGE_START)
         if start_id in out:  # drop the header the model began writing
             out = out[: len(out) - out[::-1].index(start_id) - 1]
@@ -412,19 +419,10 @@ class Pipeline:
         if length < d.block_length:
             raise BadInput("The chat is too long for the model's context; start a new chat.")
         streamer = TextStreamer(self.tokenizer, on_text)
-        with torch.inference_mode():
-            out = generate_text(
-                self.backbone,
-                ids,
-                mask_id=self.tokenizer.mask_id,
-                eos_id=self.tokenizer.eos_id,
-                gen_length=length,
-                block_length=d.block_length,
-                steps=steps or d.understand_steps,
-                **self._speed(),
-                generator=torch.Generator(self.device).manual_seed(seed),
-                on_step=_both(_stage_steps(on_progress, STAGE_DENOISE), streamer.update),
-            )
+        out = self._write_text(
+            ids, length, steps or d.understand_steps, seed, [],
+            _both(_stage_steps(on_progress, STAGE_DENOISE), streamer.update),
+        )  # fmt: skip
         answer = self.tokenizer.decode(out)
         streamer.finish(answer)
         return answer

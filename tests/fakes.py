@@ -43,7 +43,8 @@ class FakePipeline:
     calls: list[str] = field(default_factory=list)
 
     def generate(self, prompt, *, width=1024, height=1024, seed=0, thinking=False, steps=None,
-                 cfg_scale=None, on_progress=None, on_text=None) -> FakeOutput:  # fmt: skip
+                 cfg_scale=None, turbo=None, on_progress=None,
+                 on_text=None) -> FakeOutput:  # fmt: skip
         self.calls.append("generate")
         self._special(prompt)
         if thinking and on_text:
@@ -55,7 +56,7 @@ class FakePipeline:
         return FakeOutput(image, meta, f"Thinking about {prompt}." if thinking else None)
 
     def edit(self, image, instruction, *, mask=None, seed=0, steps=None, cfg_text_scale=None,
-             cfg_image_scale=None, on_progress=None) -> FakeOutput:  # fmt: skip
+             cfg_image_scale=None, turbo=None, on_progress=None) -> FakeOutput:  # fmt: skip
         self.calls.append("edit")
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8):
             raise BadInput("The image to edit is not a readable RGB picture.")
@@ -66,7 +67,8 @@ class FakePipeline:
         out[where] = 255 - image[where] + np.uint8(seed % 256)  # wraps around
         return FakeOutput(out, {"task": "edit", "instruction": instruction, "seed": str(seed)})
 
-    def understand(self, turns, *, seed=0, mask=None, on_progress=None, on_text=None) -> str:
+    def understand(self, turns, *, seed=0, mask=None, steps=None, gen_length=None,
+                   on_progress=None, on_text=None) -> str:  # fmt: skip
         self.calls.append("understand")
         self._special(turns[-1].text)
         images = sum(len(t.images) for t in turns)

@@ -20,14 +20,11 @@ from engine.decoder import (
     upsample_codes,
 )
 from engine.errors import BadCheckpoint, BadInput, Cancelled
-from engine.tiny_vision import write_tiny_vision
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    write_tiny_vision(folder)
-    return folder
+def root(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # engine.tiny writes the vision folders through write_tiny_vision
 
 
 @pytest.fixture(scope="module")

@@ -182,3 +182,14 @@ def test_chat_must_end_with_a_question(pipeline):
         pipeline.understand([Turn("user", "  ")])
     with pytest.raises(BadInput):
         pipeline.understand([Turn("assistant", "hi")])
+
+
+def test_the_fake_pipeline_takes_the_same_parameters():
+    import inspect
+
+    from tests.fakes import FakePipeline
+
+    for name in ("generate", "edit", "understand", "status", "unload"):
+        real = inspect.signature(getattr(Pipeline, name)).parameters
+        fake = inspect.signature(getattr(FakePipeline, name)).parameters
+        assert list(real) == list(fake), name

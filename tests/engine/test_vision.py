@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from engine.errors import BadCheckpoint, BadInput
-from engine.tiny_vision import write_tiny_vision
 from engine.vision import (
     ImageTokenizer,
     ImageTokenizerConfig,
@@ -30,10 +29,8 @@ from engine.vision import (
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    write_tiny_vision(folder)
-    return folder
+def root(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # engine.tiny writes the vision folders through write_tiny_vision
 
 
 @pytest.fixture(scope="module")
