@@ -444,11 +444,11 @@ def load_backbone(
     config = BackboneConfig.from_checkpoint(folder)
     with torch.device("meta"):
         model = Backbone(config)
-    model.to_empty(device=device)
-    model.to(dtype)
-    model.model.layers.apply(_keep_router_fp32)
+    model.to(dtype).model.layers.apply(_keep_router_fp32)  # still meta: nothing allocated
+    model.to_empty(device=device)  # the one allocation, already in the final dtypes
     r = config.rotary_dim
-    model.inv_freq.copy_(config.rope_theta ** -(torch.arange(0, r, 2, dtype=torch.float32) / r))
+    inv_freq = config.rope_theta ** -(torch.arange(0, r, 2, dtype=torch.float32) / r)
+    model.inv_freq = inv_freq.to(device)  # fp32 whatever the model dtype
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     filled: dict[str, set[int | None]] = {}
     files = shard_files(folder)

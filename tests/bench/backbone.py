@@ -14,6 +14,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +37,19 @@ def real_width_checkpoint(folder: Path | None) -> Path:
     return folder
 
 
+def load_peak_gib(folder: Path) -> tuple[float, float]:
+    """Peak resident memory of a fresh process that only loads the backbone, and weight bytes."""
+    code = (
+        "import resource, torch; from engine.backbone import load_backbone;"
+        f"m = load_backbone({str(folder)!r}, 'cpu', torch.bfloat16);"
+        "w = sum(t.numel() * t.element_size() for t in m.state_dict().values());"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, w / 2**30)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak, weights = map(float, out.stdout.split())
+    return peak, weights
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -53,6 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = real_width_checkpoint(args.folder)
+    peak_gib, weights_gib = load_peak_gib(folder)
     start = time.perf_counter()
     model = load_backbone(folder, "cpu", torch.bfloat16)
     load_s = time.perf_counter() - start
@@ -85,6 +101,8 @@ def main() -> None:
         "prompt_tokens": P,
         "block": BLOCK,
         "load_s": round(load_s, 2),
+        "weights_gib": round(weights_gib, 2),
+        "load_peak_rss_gib": round(peak_gib, 2),
         "step_uncached_s": round(t_uncached, 4),
         "step_cached_s": round(t_cached, 4),
         "speedup": round(t_uncached / t_cached, 2),

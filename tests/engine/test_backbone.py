@@ -41,6 +41,18 @@ def test_every_checkpoint_tensor_is_loaded(tiny_checkpoint, model):
             assert torch.equal(ours, tensor.float()), name
 
 
+def test_bf16_load_allocates_once_in_the_final_dtypes(tiny_checkpoint):
+    model = load_backbone(tiny_checkpoint, dtype=torch.bfloat16)
+    gate = model.model.layers[1].mlp.gate
+    assert gate.weight.dtype == gate.expert_bias.dtype == torch.float32  # the router stays fp32
+    assert model.inv_freq.dtype == torch.float32
+    assert model.lm_head.weight.dtype == model.model.layers[1].mlp.experts.up_proj.dtype
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    r = model.config.rotary_dim
+    want = model.config.rope_theta ** -(torch.arange(0, r, 2, dtype=torch.float64) / r)
+    assert torch.allclose(model.inv_freq.double(), want, rtol=1e-6)
+
+
 def _copy_without(src, dst, drop=None, add=None):
     dst.mkdir()
     for path in src.iterdir():
