@@ -233,9 +233,8 @@ class Attention(nn.Module):
             cache.values[layer][:, :, start : start + L] = v
             k = cache.keys[layer][:, :, : start + L]  # [B, G, S, d]
             v = cache.values[layer][:, :, : start + L]
-        groups = self.heads // self.kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, L, d]
+        # query head h reads KV head h // (H / G), without copying K and V per group
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.dense(out.transpose(1, 2).reshape(B, L, -1))
 
 

@@ -189,3 +189,43 @@ def test_real_shapes_on_the_meta_device():
     total = sum(p.numel() for p in model.parameters())
     assert 16.0e9 < total < 16.6e9
     assert model.config.rotary_dim == 64
+
+
+def test_attention_matches_the_reference_formulas(model):
+    """Fused QKV split (Q heads, then K, then V), QK RMSNorm before NeoX partial RoPE, query
+    head h on KV head h // 2 (tiny: 4 heads, 2 KV heads), softmax over the allowed keys."""
+    c, attn = model.config, model.model.layers[0].attention
+    g = torch.Generator().manual_seed(4)
+    L, H, G, d, r = 40, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rotary_dim
+    x = torch.randn(1, L, c.hidden_size, generator=g)
+    positions = torch.arange(L)[None] + 5
+    layout = Layout([list(range(L - 8))], torch.full((8,), 1), mask_id=1, B=32)
+    mask = layout.mask(0, L, L)[:, :, :L, :L]
+    freqs = positions[0, :, None].double() * c.rope_theta ** -(torch.arange(0, r, 2) / r)
+    cos, sin = (
+        torch.cat([freqs, freqs], -1).cos().float(),
+        torch.cat([freqs, freqs], -1).sin().float(),
+    )
+
+    def norm(t, w):
+        return w * t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps)
+
+    def rope(t):  # [L, d]: rotate pairs (i, i + r/2) of the first r dims
+        a, b = t[:, : r // 2], t[:, r // 2 : r]
+        rot = torch.cat([a * cos[:, : r // 2] - b * sin[:, : r // 2],
+                         b * cos[:, r // 2 :] + a * sin[:, r // 2 :]], -1)  # fmt: skip
+        return torch.cat([rot, t[:, r:]], -1)
+
+    qkv = (x[0] @ attn.query_key_value.weight.T).view(L, H + 2 * G, d)
+    out = torch.zeros(L, H, d)
+    for h in range(H):
+        q = rope(norm(qkv[:, h], attn.query_layernorm.weight))
+        k = rope(norm(qkv[:, H + h // (H // G)], attn.key_layernorm.weight))
+        v = qkv[:, H + G + h // (H // G)]
+        scores = (q @ k.T) / d**0.5
+        scores = scores.masked_fill(~mask[0, 0], float("-inf"))
+        out[:, h] = scores.softmax(-1) @ v
+    want = out.reshape(L, H * d) @ attn.dense.weight.T
+    emb = torch.cat([freqs, freqs], -1).float()
+    got = attn(x, (emb.cos()[None], emb.sin()[None]), mask, None, 0, False)[0]
+    assert (got - want).abs().max() < 1e-4
