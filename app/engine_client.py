@@ -178,6 +178,7 @@ class EngineClient(QObject):
         self._queue: deque[Request] = deque()
         self._running: Request | None = None
         self._interrupting = ""  # the running job's id once it was cancelled
+        self._force_timer: asyncio.TimerHandle | None = None  # kills a job that ignores cancel
         self._model: LoadModel | None = None  # reloaded after a crash
         self._crashes = 0
         self._closing = False
@@ -243,7 +244,8 @@ class EngineClient(QObject):
             self._interrupting = job_id
             self._transport.send(Cancel(job_id))
             assert self._loop is not None
-            self._loop.call_later(self._kill_after_s, self._force_stop, job_id)
+            self._stop_force_timer()
+            self._force_timer = self._loop.call_later(self._kill_after_s, self._force_stop, job_id)
 
     def cancel_queued(self) -> None:
         for request in list(self._queue):
@@ -266,6 +268,7 @@ class EngineClient(QObject):
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop the engine; the running and queued jobs end as Failed with code "shutdown"."""
         self._closing = True
+        self._stop_force_timer()
         queued, self._queue = list(self._queue), deque()
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -368,7 +371,13 @@ class EngineClient(QObject):
         self._dispatch()
         return True
 
+    def _stop_force_timer(self) -> None:
+        if self._force_timer is not None:
+            self._force_timer.cancel()
+            self._force_timer = None
+
     def _force_stop(self, job_id: str) -> None:
+        self._force_timer = None
         if self._running is not None and self._running.job_id == job_id and self._transport:
             log.warning("job %s did not stop when cancelled; stopping the engine", job_id)
             self._transport.kill()
@@ -392,6 +401,7 @@ class EngineClient(QObject):
         running = self._running
         if isinstance(event, TERMINAL) and running is not None and event.job_id == running.job_id:
             self._running = None
+            self._stop_force_timer()  # the job it was armed for has ended
             if isinstance(event, Finished):
                 self._crashes = 0
             if isinstance(running, LoadModel | Unload):  # the engine unloads before it loads

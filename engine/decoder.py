@@ -25,6 +25,7 @@ DIT_OVERRIDES = {"axes_lens": [32768, 1024, 1024]}  # cap_feat_dim is set to the
 DIT_WEIGHT_NAMES = ("model.safetensors", "decoder_model.safetensors")
 
 OnStep = Callable[[int, int], None]
+OnLatent = Callable[[Tensor], None]  # the predicted clean latent after a step, [1, C, 1, Hl, Wl]
 Velocity = Callable[[Tensor, Tensor], Tensor]  # (x [1, C, 1, Hl, Wl], t [1]) -> velocity float32
 
 # ---------------------------------------------------------------------------------------------
@@ -96,12 +97,15 @@ def sample_normal(
     shift: float = 6.0,
     generator: torch.Generator,
     on_step: OnStep | None = None,
+    on_latent: OnLatent | None = None,
 ) -> Tensor:
     """Deterministic Euler over a `steps`-point shifted grid: steps - 1 model evaluations."""
     x = torch.randn(shape, generator=generator, device=generator.device)  # float32 noise
     t = shifted_grid(steps, shift).to(x.device)  # [steps]
     for k in range(steps - 1):
         v = velocity(x, t[k : k + 1])
+        if on_latent is not None:
+            on_latent(x + (1 - t[k]) * v)
         x = x + (t[k + 1] - t[k]) * v
         if on_step is not None:
             on_step(k + 1, steps - 1)
@@ -116,6 +120,7 @@ def sample_turbo(
     stochastic_ratio: float = 1.0,
     generator: torch.Generator,
     on_step: OnStep | None = None,
+    on_latent: OnLatent | None = None,
 ) -> Tensor:
     """The distilled sampler: `steps` evaluations on an unshifted grid, re-noising after each."""
     device = generator.device
@@ -125,6 +130,8 @@ def sample_turbo(
     for k in range(steps):
         v = velocity(x, torch.tensor([t[k]], device=device)).double()
         data = x + (1 - t[k]) * v  # predicted x1
+        if on_latent is not None:
+            on_latent(data.float())
         noise = x - t[k] * v  # predicted x0
         eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
         x = t[k + 1] * data + (1 - t[k + 1]) * ((1 - r) ** 0.5 * noise + r**0.5 * eps)
@@ -227,6 +234,37 @@ def vae_to_pixels(vae: AutoencoderKL, latents: Tensor) -> np.ndarray:
     return (image[0].float() * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+@torch.inference_mode()
+def fit_latent_rgb(vae: AutoencoderKL, size: int = 64) -> tuple[Tensor, Tensor]:
+    """Least-squares map from a sampler latent pixel (C values) to the mean RGB (0..1) of the
+    8x8 pixels it decodes to, fitted on this VAE's own encodings of a fixed set of colour
+    fields and gradients: the cheap preview peer apps show while a picture forms."""
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 1, size)
+    fields = [torch.rand(3, 1, 1, generator=g).expand(3, size, size) for _ in range(10)]
+    fields += [torch.stack([ramp[None].expand(size, size), ramp[:, None].expand(size, size),
+                            1 - ramp[None].expand(size, size)])]  # fmt: skip
+    fields += [torch.rand(3, size // 8, size // 8, generator=g).repeat_interleave(8, 1)
+               .repeat_interleave(8, 2) for _ in range(5)]  # fmt: skip
+    rgb = torch.stack(fields)  # [N, 3, size, size] in 0..1
+    param = next(vae.parameters())
+    posterior = vae.encode((rgb * 2 - 1).to(param.device, param.dtype)).latent_dist
+    config = vae.config
+    latents = (posterior.mean.float().cpu() - (config.shift_factor or 0.0)) * config.scaling_factor
+    target = F.avg_pool2d(rgb, 8)  # [N, 3, size/8, size/8]: the pixels each latent covers
+    X = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # [samples, C]
+    X = torch.cat([X, torch.ones(len(X), 1)], 1)
+    Y = target.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(X.double(), Y.double()).solution.float()  # [C + 1, 3]
+    return solution[:-1].T.contiguous(), solution[-1]  # weight [3, C], bias [3]
+
+
+def latent_preview(latent: Tensor, weight: Tensor, bias: Tensor) -> np.ndarray:
+    """latent [C, Hl, Wl] -> [Hl, Wl, 3] uint8 through the fitted map."""
+    rgb = torch.einsum("chw,rc->hwr", latent.float().cpu(), weight) + bias
+    return (rgb.clamp(0, 1) * 255).to(torch.uint8).numpy()
+
+
 # ---------------------------------------------------------------------------------------------
 # The decoder
 
@@ -247,6 +285,7 @@ class ImageDecoder:
         self.sigvq: SigVQ | None = None
         self.dit: ZImageTransformer2DModel | None = None
         self.vae: AutoencoderKL | None = None
+        self._latent_rgb: tuple[Tensor, Tensor] | None = None
 
     def load(self) -> None:
         self.load_sigvq()
@@ -269,6 +308,12 @@ class ImageDecoder:
             self.vae = load_vae(self.root / "vae", self.device, self.dtype)
         return self.vae
 
+    def latent_rgb(self) -> tuple[Tensor, Tensor]:
+        """The linear latent-to-RGB map of this VAE, fitted once (see fit_latent_rgb)."""
+        if self._latent_rgb is None:
+            self._latent_rgb = fit_latent_rgb(self.load_vae())
+        return self._latent_rgb
+
     def unload(self, part: str | None = None) -> None:
         """Free one part ("sigvq", "dit", "vae") or all of them."""
         for name in (part,) if part else ("sigvq", "dit", "vae"):
@@ -286,8 +331,13 @@ class ImageDecoder:
         resolution_multiplier: int = 2,
         cfg_scale: float = 1.0,
         on_step: OnStep | None = None,
+        on_preview: Callable[[np.ndarray], None] | None = None,
     ) -> np.ndarray:
-        """codes [h, w] -> [16hm, 16wm, 3] uint8. cfg_scale applies to the normal decoder only."""
+        """codes [h, w] -> [16hm, 16wm, 3] uint8. cfg_scale applies to the normal decoder only.
+
+        `on_preview` receives after each step a small [2hm, 2wm, 3] uint8 picture of where the
+        step is heading: the predicted clean latent through a linear latent-to-RGB map.
+        """
         h, w = check_codes(codes, resolution_multiplier)
         steps = steps if steps is not None else (8 if self.turbo else 50)
         if steps < 1:
@@ -297,12 +347,19 @@ class ImageDecoder:
         m = resolution_multiplier
         shape = (1, dit.config.in_channels, 1, 2 * h * m, 2 * w * m)  # [1, C, F, Hl, Wl]
         generator = torch.Generator(self.device).manual_seed(seed)
-        if self.turbo:
-            velocity = _dit_velocity(dit, [cap])
-            x = sample_turbo(velocity, shape, steps=steps, generator=generator, on_step=on_step)
-        else:
-            velocity = _dit_velocity(dit, [cap, torch.zeros_like(cap)], cfg_scale)
-            x = sample_normal(velocity, shape, steps=steps, generator=generator, on_step=on_step)
+        on_latent = None
+        if on_preview is not None:
+            to_rgb = self.latent_rgb()
+
+            def on_latent(latent: Tensor) -> None:
+                on_preview(latent_preview(latent[0, :, 0], *to_rgb))
+
+        sampler = sample_turbo if self.turbo else sample_normal
+        caps = [cap] if self.turbo else [cap, torch.zeros_like(cap)]
+        velocity = _dit_velocity(dit, caps, cfg_scale)
+        x = sampler(
+            velocity, shape, steps=steps, generator=generator, on_step=on_step, on_latent=on_latent
+        )
         return vae_to_pixels(self.load_vae(), x[:, :, 0])
 
 

@@ -29,6 +29,7 @@ from engine.text import ImageCodes, TextTokenizer
 
 OnProgress = Callable[[str, int, int], None]  # (stage, step, total)
 OnText = Callable[[str], None]
+OnPreview = Callable[[np.ndarray], None]  # [h, w, 3] uint8, a small picture of a decode step
 
 STAGE_LOAD, STAGE_ENCODE, STAGE_THINK = "load model", "encode image", "thinking"
 STAGE_DENOISE, STAGE_DECODE, STAGE_COMPOSITE = "denoise tokens", "decode", "composite"
@@ -217,13 +218,13 @@ class Pipeline:
                 **self._speed(),
             )
 
-    def _decode(self, codes: torch.Tensor, seed: int, on_progress, turbo: bool) -> np.ndarray:
+    def _decode(self, codes, seed: int, on_progress, turbo: bool, on_preview) -> np.ndarray:
         decoder = self._decoder(turbo)
 
         def on_step(step: int, total: int) -> None:
             _report(on_progress, STAGE_DECODE, step, total)
 
-        return decoder.decode(codes, seed=seed, on_step=on_step)
+        return decoder.decode(codes, seed=seed, on_step=on_step, on_preview=on_preview)
 
     def _metadata(self, task: str, seed: int, started: float, **fields) -> dict[str, str]:
         meta = {
@@ -251,9 +252,13 @@ class Pipeline:
         cfg_scale: float | None = None,
         turbo: bool | None = None,
         on_progress: OnProgress | None = None,
+        on_preview: OnPreview | None = None,
         on_text: OnText | None = None,
     ) -> ImageOutput:
-        """Text to image; in thinking mode the model first writes its reasoning (streamed)."""
+        """Text to image; in thinking mode the model first writes its reasoning (streamed).
+
+        `on_preview` gets a small picture after each decoder step, before that step's progress.
+        """
         started = time.perf_counter()
         prompt = need_text(prompt, "Type a prompt that describes the image to make.")
         check_size(width, height)
@@ -283,7 +288,7 @@ class Pipeline:
             )
         codes = (tokens - self.backbone.config.image_token_offset).view(h, w)
         turbo = d.decoder_turbo if turbo is None else turbo
-        image = self._decode(codes, seed, on_progress, turbo)
+        image = self._decode(codes, seed, on_progress, turbo, on_preview)
         meta = self._metadata(
             "generate",
             seed,
@@ -332,6 +337,7 @@ class Pipeline:
         cfg_image_scale: float | None = None,
         turbo: bool | None = None,
         on_progress: OnProgress | None = None,
+        on_preview: OnPreview | None = None,
     ) -> ImageOutput:
         """Instruction edit. With a mask only the masked tokens are generated (the rest stay the
         source tokens) in a context crop, and only pixels under the feathered mask change."""
@@ -370,7 +376,7 @@ class Pipeline:
             )
         codes = tokens.view(gh, gw) - c.image_token_offset
         turbo = d.decoder_turbo if turbo is None else turbo
-        generated = self._decode(codes, seed, on_progress, turbo)
+        generated = self._decode(codes, seed, on_progress, turbo, on_preview)
         _report(on_progress, STAGE_COMPOSITE, 0, 1)
         result = masking.composite(image, generated, plan, full)
         _report(on_progress, STAGE_COMPOSITE, 1, 1)

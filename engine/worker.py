@@ -77,6 +77,7 @@ class Worker:
         self._jobs: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._cancelled: set[str] = set()
         self._running = ""
+        self._preview: np.ndarray | None = None  # the decode step's picture, sent with its step
         self._lock = threading.Lock()
 
     def accept(self, request: Request) -> None:
@@ -151,6 +152,7 @@ class Worker:
                     cfg_scale=request.cfg_scale,
                     turbo=request.turbo,
                     on_progress=self._on_progress(job_id),
+                    on_preview=self._on_preview,
                     on_text=self._on_text(job_id),
                 )
                 self._emit(ImageResult(job_id, out.image, dict(out.metadata), out.thinking))
@@ -168,6 +170,7 @@ class Worker:
                     cfg_image_scale=request.cfg_image_scale,
                     turbo=request.turbo,
                     on_progress=self._on_progress(job_id),
+                    on_preview=self._on_preview,
                 )
                 self._emit(ImageResult(job_id, out.image, dict(out.metadata), out.thinking))
             case Understand():
@@ -200,9 +203,17 @@ class Worker:
         def on_progress(stage: str, step: int, total: int) -> None:
             if job_id in self._cancelled:
                 raise Cancelled("The job was cancelled.")
-            self._emit(kind(job_id, stage, step, total))
+            if kind is Progress:
+                preview, self._preview = self._preview, None
+                self._emit(Progress(job_id, stage, step, total, preview))
+            else:
+                self._emit(kind(job_id, stage, step, total))
 
         return on_progress
+
+    def _on_preview(self, preview: np.ndarray) -> None:
+        """Keep a step's preview until that step's progress report carries it."""
+        self._preview = preview
 
     def _on_text(self, job_id: str) -> Callable[[str], None]:
         return lambda text: self._emit(TextDelta(job_id, text))

@@ -27,3 +27,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def qasync_loop(qapp):
+    """One asyncio loop on Qt for the whole session, as in the app, where it runs for good.
+
+    A loop per test leaves Qt timers of closed loops behind, which crash a later test.
+    """
+    import asyncio
+
+    import qasync
+
+    loop = qasync.QEventLoop(qapp, already_running=False)
+    asyncio.set_event_loop(loop)
+    yield loop
+    loop.close()
+    asyncio.set_event_loop(None)

@@ -43,7 +43,7 @@ class FakePipeline:
     calls: list[str] = field(default_factory=list)
 
     def generate(self, prompt, *, width=1024, height=1024, seed=0, thinking=False, steps=None,
-                 cfg_scale=None, turbo=None, on_progress=None,
+                 cfg_scale=None, turbo=None, on_progress=None, on_preview=None,
                  on_text=None) -> FakeOutput:  # fmt: skip
         self.calls.append("generate")
         self._special(prompt)
@@ -56,7 +56,8 @@ class FakePipeline:
         return FakeOutput(image, meta, f"Thinking about {prompt}." if thinking else None)
 
     def edit(self, image, instruction, *, mask=None, seed=0, steps=None, cfg_text_scale=None,
-             cfg_image_scale=None, turbo=None, on_progress=None) -> FakeOutput:  # fmt: skip
+             cfg_image_scale=None, turbo=None, on_progress=None,
+             on_preview=None) -> FakeOutput:  # fmt: skip
         self.calls.append("edit")
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8):
             raise BadInput("The image to edit is not a readable RGB picture.")

@@ -10,7 +10,6 @@ import inspect
 
 import numpy as np
 import pytest
-import qasync
 
 from app.engine_client import EngineClient, EngineError
 from engine import protocol as p
@@ -20,12 +19,8 @@ IMAGE = np.random.default_rng(2).integers(0, 256, (8, 6, 3), dtype=np.uint8)
 
 
 @pytest.fixture
-def loop(qapp):
-    loop = qasync.QEventLoop(qapp, already_running=False)
-    asyncio.set_event_loop(loop)
-    yield loop
-    loop.close()
-    asyncio.set_event_loop(None)
+def loop(qasync_loop):
+    return qasync_loop
 
 
 def run(loop, coro, timeout: float = 20.0):

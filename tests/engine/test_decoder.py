@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -254,3 +255,30 @@ def test_real_decoder_configs_have_the_published_parameter_counts():
     assert all(p.is_meta for p in dit.parameters())
     assert sum(p.numel() for p in dit.parameters()) == 6_160_808_512  # dim 3840, 30 layers
     assert sum(p.numel() for p in sigvq.parameters()) == 100_671_488
+
+
+def test_previews_come_once_per_step_small_and_reproducible(root):
+    from engine.decoder import ImageDecoder
+
+    codes = torch.randint(0, 16384, (3, 5), generator=torch.Generator().manual_seed(0))
+    for turbo, steps, calls in ((True, 4, 4), (False, 5, 4)):
+        decoder = ImageDecoder(root, turbo=turbo)
+        runs = []
+        for _ in range(2):
+            previews = []
+            decoder.decode(codes, seed=3, steps=steps, on_preview=previews.append)
+            runs.append(previews)
+        assert len(runs[0]) == calls
+        assert all(p.shape == (12, 20, 3) and p.dtype == np.uint8 for p in runs[0])
+        assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+
+def test_the_preview_map_is_fitted_on_the_vae(root):
+    from engine.decoder import fit_latent_rgb, latent_preview, load_vae
+
+    vae = load_vae(root / "vae", "cpu", torch.float32)
+    weight, bias = fit_latent_rgb(vae)
+    assert weight.shape == (3, vae.config.latent_channels) and bias.shape == (3,)
+    assert torch.isfinite(weight).all()
+    flat = latent_preview(torch.zeros(vae.config.latent_channels, 2, 2), weight, bias)
+    assert np.array_equal(flat[0, 0], (bias.clamp(0, 1) * 255).to(torch.uint8).numpy())

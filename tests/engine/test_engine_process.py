@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import qasync
 
 from app.engine_client import EngineClient, EngineProcess
 from engine import protocol as p
@@ -45,12 +44,8 @@ def one_thread(monkeypatch):
 
 
 @pytest.fixture
-def loop(qapp):
-    loop = qasync.QEventLoop(qapp, already_running=False)
-    asyncio.set_event_loop(loop)
-    yield loop
-    loop.close()
-    asyncio.set_event_loop(None)
+def loop(qasync_loop):
+    return qasync_loop
 
 
 def run(loop, coro, timeout: float = 120.0):
@@ -100,6 +95,8 @@ def test_generate_edit_ask_match_the_pipeline_and_a_bad_image_fails_alone(
             assert report.device == "cpu" and "backbone" in report.loaded
             gen = await client.run(p.Generate("g", "a red fox", 256, 256, seed=7))
             assert any(isinstance(e, p.Progress) for e in gen)
+            previews = [e.preview for e in gen if isinstance(e, p.Progress) and e.stage == "decode"]
+            assert all(x is not None and x.shape == (32, 32, 3) for x in previews)
             assert np.array_equal(gen[-2].image, want_gen.image)
             assert without_time(gen[-2].metadata) == without_time(want_gen.metadata)
             bad = await client.run(p.Edit("bad", np.arange(5, dtype=np.uint8), "x"))

@@ -193,3 +193,18 @@ def test_the_fake_pipeline_takes_the_same_parameters():
         real = inspect.signature(getattr(Pipeline, name)).parameters
         fake = inspect.signature(getattr(FakePipeline, name)).parameters
         assert list(real) == list(fake), name
+
+
+def test_previews_arrive_before_each_decode_step(pipeline):
+    events = []
+    pipeline.generate(
+        "a fox",
+        width=256,
+        height=256,
+        steps=2,
+        on_preview=lambda image: events.append(("preview", image.shape)),
+        on_progress=lambda stage, step, total: events.append((stage, step)),
+    )
+    decode = [e for e in events if e[0] in ("preview", "decode")]
+    assert decode[:2] == [("preview", (32, 32, 3)), ("decode", 1)]  # 1/8 of the pixels
+    assert len([e for e in decode if e[0] == "preview"]) == 8
