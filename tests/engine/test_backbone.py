@@ -229,3 +229,32 @@ def test_attention_matches_the_reference_formulas(model):
     emb = torch.cat([freqs, freqs], -1).float()
     got = attn(x, (emb.cos()[None], emb.sin()[None]), mask, None, 0, False)[0]
     assert (got - want).abs().max() < 1e-4
+
+
+def test_fused_expert_layout_loads_the_same_model(tiny_checkpoint, tmp_path, model):
+    """The alternative official layout: experts.{gate,up,down}_proj stacked [E, ...]."""
+    from engine.tiny import write_shards
+
+    index = json.loads((tiny_checkpoint / "model.safetensors.index.json").read_text())
+    tensors = {}
+    for file in set(index["weight_map"].values()):
+        tensors |= load_file(tiny_checkpoint / file)
+    fused = {}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if ".mlp.experts." in name and parts[5].isdigit():
+            key = ".".join(parts[:5] + [parts[6]])
+            fused.setdefault(key, {})[int(parts[5])] = tensor
+        else:
+            fused[name] = tensor
+    for key, value in fused.items():
+        if isinstance(value, dict):
+            fused[key] = torch.stack([value[e] for e in sorted(value)])
+    folder = tmp_path / "fused"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    write_shards(folder, fused, shards=2)
+    other = load_backbone(folder, dtype=torch.float32)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(other.state_dict()[name], tensor), name
