@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ OnPreview = Callable[[np.ndarray], None]  # [h, w, 3] uint8, a small picture of 
 STAGE_LOAD, STAGE_ENCODE, STAGE_THINK = "load model", "encode image", "thinking"
 STAGE_DENOISE, STAGE_DECODE, STAGE_COMPOSITE = "denoise tokens", "decode", "composite"
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 32
+CODE_CACHE_IMAGES = 64  # images whose VQ codes stay cached (a few KB each), for chats and edits
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Pipeline:
         self.defaults = Defaults()
         self.image_tokenizer: vision.ImageTokenizer | None = None
         self.decoder: ImageDecoder | None = None
-        self._codes: dict[str, torch.Tensor] = {}  # image digest -> VQ codes, kept across turns
+        self._codes: OrderedDict[str, torch.Tensor] = OrderedDict()  # digest -> VQ codes (LRU)
 
     @classmethod
     def load(
@@ -156,11 +158,11 @@ class Pipeline:
             ]
             if part is not None
         ]
-        memory = (
-            f"{torch.cuda.memory_allocated(self.device) / 2**30:.1f} GiB"
-            if self.device.type == "cuda"
-            else f"{_rss_gib():.1f} GiB (process)"
-        )
+        if self.device.type == "cuda":
+            memory = f"{torch.cuda.memory_allocated(self.device) / 2**30:.1f} GiB"
+        else:
+            rss = _rss_gib()
+            memory = "unknown" if rss is None else f"{rss:.1f} GiB (process)"
         return {
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -178,6 +180,9 @@ class Pipeline:
             _report(on_progress, STAGE_ENCODE, 0, 1)
             self._codes[key] = self._image_tokenizer().tokenize(image)
             _report(on_progress, STAGE_ENCODE, 1, 1)
+            while len(self._codes) > CODE_CACHE_IMAGES:
+                self._codes.popitem(last=False)
+        self._codes.move_to_end(key)
         return ImageCodes(self._codes[key].numpy())
 
     def _speed(self) -> dict:
@@ -192,7 +197,7 @@ class Pipeline:
             prompts,
             init,
             mask_id=self.tokenizer.mask_id,
-            block_length=self.defaults.block_length,
+            block_length=d.block_length,
             steps=steps,
             guidance=guidance,
             allowed_vocab=(c.image_token_offset, c.vocab_size) if d.image_only_vocab else None,
@@ -538,11 +543,13 @@ def _both(first, second):
     return on_step
 
 
-def _rss_gib() -> float:
+def _rss_gib() -> float | None:
+    """The process's resident memory where the OS tells it cheaply (Linux), else None."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
+        status = Path("/proc/self/status").read_text()
     except OSError:
-        pass
-    return 0.0
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return None

@@ -208,3 +208,20 @@ def test_previews_arrive_before_each_decode_step(pipeline):
     decode = [e for e in events if e[0] in ("preview", "decode")]
     assert decode[:2] == [("preview", (32, 32, 3)), ("decode", 1)]  # 1/8 of the pixels
     assert len([e for e in decode if e[0] == "preview"]) == 8
+
+
+def test_image_codes_are_cached_but_bounded(pipeline, monkeypatch):
+    import engine.pipeline as module
+
+    monkeypatch.setattr(module, "CODE_CACHE_IMAGES", 3)
+    pipeline._codes.clear()
+    images = [picture(32, 32, seed=s) for s in range(5)]
+    for image in images:
+        pipeline.tokenize(image)
+    assert len(pipeline._codes) == 3
+    stages = []
+    pipeline.tokenize(images[-1], lambda stage, *_: stages.append(stage))
+    assert stages == []  # a cached image is not encoded again
+    pipeline.tokenize(images[0], lambda stage, *_: stages.append(stage))
+    assert stages == ["encode image", "encode image"]  # evicted, so encoded anew
+    assert pipeline.status()["memory"].endswith("GiB (process)")
