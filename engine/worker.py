@@ -126,6 +126,8 @@ class Worker:
             self._emit(Failed(job_id, str(error), error.code))
         except Exception as error:  # one failed job must not stop the engine
             log.exception("job %s failed", job_id)
+            if _code(error) == "out_of_memory":
+                _free_memory()  # the job's tensors are gone with its frames; return them
             self._emit(Failed(job_id, _sentence(error), _code(error)))
         finally:
             with self._lock:
@@ -252,6 +254,15 @@ def _check_mask(mask: Any, image: np.ndarray) -> None:
     if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == image.shape[:2]):
         got = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask)
         raise BadInput(f"The mask does not match the picture's size (got {got}); paint it again.")
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")  # loaded by the pipeline if any job got this far
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _code(error: Exception) -> str:

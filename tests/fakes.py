@@ -97,6 +97,8 @@ class FakePipeline:
         match text:
             case "raise":
                 raise RuntimeError("the fake pipeline was told to raise")
+            case "oom":
+                raise MemoryError("the fake pipeline was told to run out of memory")
             case "hang":
                 time.sleep(60)
             case "exit":

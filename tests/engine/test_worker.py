@@ -120,6 +120,7 @@ def test_a_cancelled_queued_job_never_runs(run):
             "bad_input",
         ),
         (p.Generate("bad", "raise", 4, 4), "internal"),
+        (p.Generate("bad", "oom", 4, 4), "out_of_memory"),
     ],
 )
 def test_a_job_that_raises_fails_alone(run, request_, code):
