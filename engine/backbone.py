@@ -106,10 +106,6 @@ class BackboneConfig:
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
-    @property
-    def image_vocab_size(self) -> int:
-        return self.vocab_size - self.image_token_offset
-
 
 def expected_shapes(config: BackboneConfig, fused_experts: bool = False) -> dict[str, tuple]:
     """Every tensor of an official checkpoint and its shape (per-expert layout unless fused)."""
@@ -184,8 +180,11 @@ class KVCache:
         self.length = 0
         self.capacity = capacity
 
-    def truncate(self, length: int) -> None:
-        self.length = length
+
+def rope_frequencies(config: BackboneConfig) -> Tensor:
+    """inv_freq_i = theta^(-2i/r) for the r rotary dims of each head: [r/2] fp32."""
+    r = config.rotary_dim
+    return config.rope_theta ** -(torch.arange(0, r, 2, dtype=torch.float32) / r)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -366,9 +365,7 @@ class Backbone(nn.Module):
         self.config = config
         self.model = Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        r = config.rotary_dim
-        inv_freq = config.rope_theta ** -(torch.arange(0, r, 2, dtype=torch.float32) / r)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [r/2]
+        self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)  # [r/2]
 
     def forward(
         self,
@@ -405,9 +402,10 @@ class Backbone(nn.Module):
 _EXPERT_KEY = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+_proj)\.weight$")
 
 
-def checkpoint_names(model: Backbone, names: Iterable[str]) -> dict[str, tuple[str, int | None]]:
+def checkpoint_names(
+    ours: dict[str, Tensor], names: Iterable[str]
+) -> dict[str, tuple[str, int | None]]:
     """Map each checkpoint tensor name to (our parameter name, expert index or None)."""
-    ours = dict(model.named_parameters()) | dict(model.named_buffers())
     mapping = {}
     for name in names:
         if m := _EXPERT_KEY.match(name):
@@ -445,15 +443,13 @@ def load_backbone(
         model = Backbone(config)
     model.to(dtype).model.layers.apply(_keep_router_fp32)  # still meta: nothing allocated
     model.to_empty(device=device)  # the one allocation, already in the final dtypes
-    r = config.rotary_dim
-    inv_freq = config.rope_theta ** -(torch.arange(0, r, 2, dtype=torch.float32) / r)
-    model.inv_freq = inv_freq.to(device)  # fp32 whatever the model dtype
+    model.inv_freq = rope_frequencies(config).to(device)  # fp32 whatever the model dtype
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     filled: dict[str, set[int | None]] = {}
     files = shard_files(folder)
     for done, file in enumerate(files, 1):
         with safe_open(file, framework="pt", device=str(device)) as shard:
-            for name, (ours, expert) in checkpoint_names(model, shard.keys()).items():
+            for name, (ours, expert) in checkpoint_names(params, shard.keys()).items():
                 _copy_into(params[ours], expert, shard.get_tensor(name), name)
                 filled.setdefault(ours, set()).add(expert)
         if on_progress:

@@ -118,15 +118,15 @@ def check_out(path: Path) -> None:
 
 def check_request(args: argparse.Namespace) -> None:
     """What can be checked before the (slow) model load."""
-    from engine.pipeline import check_size, need_text
+    from engine.pipeline import NO_INSTRUCTION, NO_PROMPT, check_size, need_text
 
     if args.command in ("generate", "edit"):
         check_out(args.out)
     if args.command == "generate":
-        need_text(args.prompt, "Type a prompt that describes the image to make.")
+        need_text(args.prompt, NO_PROMPT)
         check_size(*args.size)
     if args.command == "edit":
-        need_text(args.instruction, "Type an instruction that says how to edit the image.")
+        need_text(args.instruction, NO_INSTRUCTION)
 
 
 def run(args: argparse.Namespace, out=sys.stdout) -> None:

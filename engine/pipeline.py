@@ -35,6 +35,8 @@ OnPreview = Callable[[np.ndarray], None]  # [h, w, 3] uint8, a small picture of 
 STAGE_LOAD, STAGE_ENCODE, STAGE_THINK = "load model", "encode image", "thinking"
 STAGE_DENOISE, STAGE_DECODE, STAGE_COMPOSITE = "denoise tokens", "decode", "composite"
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 32
+NO_PROMPT = "Type a prompt that describes the image to make."
+NO_INSTRUCTION = "Type an instruction that says how to edit the image."
 CODE_CACHE_IMAGES = 64  # images whose VQ codes stay cached (a few KB each), for chats and edits
 
 
@@ -265,7 +267,7 @@ class Pipeline:
         `on_preview` gets a small picture after each decoder step, before that step's progress.
         """
         started = time.perf_counter()
-        prompt = need_text(prompt, "Type a prompt that describes the image to make.")
+        prompt = need_text(prompt, NO_PROMPT)
         check_size(width, height)
         d = self.defaults
         steps = steps or d.t2i_steps
@@ -347,7 +349,7 @@ class Pipeline:
         """Instruction edit. With a mask only the masked tokens are generated (the rest stay the
         source tokens) in a context crop, and only pixels under the feathered mask change."""
         started = time.perf_counter()
-        instruction = need_text(instruction, "Type an instruction that says how to edit the image.")
+        instruction = need_text(instruction, NO_INSTRUCTION)
         image = check_image(image)
         c, d = self.backbone.config, self.defaults
         full = (
