@@ -130,6 +130,7 @@ class Worker:
                 _free_memory()  # the job's tensors are gone with its frames; return them
             self._emit(Failed(job_id, _sentence(error), _code(error)))
         finally:
+            self._preview = None  # a cancelled step's picture must not reach the next job
             with self._lock:
                 self._running = ""
                 self._cancelled.discard(job_id)

@@ -50,7 +50,7 @@ class FakePipeline:
         if thinking and on_text:
             for word in ("Thinking", " about", f" {prompt}."):
                 on_text(word)
-        self._steps(steps, on_progress)
+        self._steps(steps, on_progress, on_preview=on_preview)
         image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
         meta = {"task": "generate", "prompt": prompt, "seed": str(seed), "model": "fake"}
         return FakeOutput(image, meta, f"Thinking about {prompt}." if thinking else None)
@@ -86,10 +86,12 @@ class FakePipeline:
     def unload(self) -> None:
         self.unloaded = True
 
-    def _steps(self, steps, on_progress, stage="tokens", offset=0, total=None) -> None:
+    def _steps(self, steps, on_progress, stage="tokens", offset=0, total=None, on_preview=None):
         steps = steps or self.default_steps
         for step in range(offset + 1, offset + steps + 1):
             time.sleep(self.step_s)
+            if on_preview:  # as the real decoder: a step's picture, then that step's progress
+                on_preview(np.full((2, 2, 3), step % 256, np.uint8))
             if on_progress:
                 on_progress(stage, step, total or steps)
 

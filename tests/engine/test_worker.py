@@ -101,6 +101,19 @@ def test_cancel_stops_the_running_job_within_one_step_and_the_next_runs(run):
     assert isinstance(run.until_end("next")[-1], p.Finished)
 
 
+def test_previews_ride_on_their_own_steps_and_never_on_the_next_job(run):
+    events = run.job(p.Generate("g", "a fox", 4, 4, steps=3))
+    assert [int(e.preview[0, 0, 0]) for e in events[:3]] == [1, 2, 3]
+    run.worker.accept(p.Generate("long", "x", 4, 4, steps=500))
+    while not isinstance(run.events.get(timeout=5), p.Progress):
+        pass
+    run.worker.accept(p.Cancel("long"))
+    assert run.until_end("long")[-1].code == "cancelled"
+    turns = (p.ChatTurn("user", "what?"),)
+    after = run.job(p.Understand("u", turns))
+    assert all(e.preview is None for e in after if isinstance(e, p.Progress))
+
+
 def test_a_cancelled_queued_job_never_runs(run):
     run.worker.accept(p.Generate("a", "x", 4, 4, steps=5))
     run.worker.accept(p.Generate("b", "x", 4, 4))
