@@ -27,6 +27,7 @@ from engine.decoder import ImageDecoder
 from engine.errors import BadInput
 from engine.sampler import StepReport, cfg, cfg_edit, denoise, generate_text
 from engine.text import ImageCodes, TextTokenizer
+from engine.token_preview import TokenPalette
 
 OnProgress = Callable[[str, int, int], None]  # (stage, step, total)
 OnText = Callable[[str], None]
@@ -108,6 +109,7 @@ class Pipeline:
         self.image_tokenizer: vision.ImageTokenizer | None = None
         self.decoder: ImageDecoder | None = None
         self._codes: OrderedDict[str, torch.Tensor] = OrderedDict()  # digest -> VQ codes (LRU)
+        self._palette: TokenPalette | None = None  # colours of the token preview, made once
 
     @classmethod
     def load(
@@ -191,9 +193,14 @@ class Pipeline:
         d = self.defaults
         return {"threshold": d.threshold if d.accelerate else None, "use_cache": d.accelerate}
 
-    def _denoise_image(self, prompts, init, *, steps, guidance, seed, on_progress) -> torch.Tensor:
+    def _denoise_image(
+        self, prompts, init, *, grid, steps, guidance, seed, on_progress, on_preview
+    ) -> torch.Tensor:
         c, d = self.backbone.config, self.defaults
         generator = torch.Generator(self.device).manual_seed(seed)
+        on_step = _stage_steps(on_progress, STAGE_DENOISE)
+        if on_preview is not None:
+            on_step = _both(self._token_preview(grid, on_preview), on_step)
         return denoise(
             self.backbone,
             prompts,
@@ -204,9 +211,21 @@ class Pipeline:
             guidance=guidance,
             allowed_vocab=(c.image_token_offset, c.vocab_size) if d.image_only_vocab else None,
             generator=generator,
-            on_step=_stage_steps(on_progress, STAGE_DENOISE),
+            on_step=on_step,
             **self._speed(),
         )
+
+    def _token_preview(self, grid: tuple[int, int], on_preview: OnPreview):
+        """An on_step that sends a picture of the committed image tokens (masked ones grey)."""
+        if self._palette is None:
+            self._palette = TokenPalette.from_model(self.root)
+        palette, offset = self._palette, self.backbone.config.image_token_offset
+
+        def on_step(report: StepReport) -> None:
+            codes = report.tokens.view(grid).cpu().numpy() - offset  # mask id lands out of range
+            on_preview(palette.paint(codes))
+
+        return on_step
 
     def _write_text(self, ids, length, steps, seed, stop_ids, on_step) -> list[int]:
         """The text loop (§5.1) on the full vocabulary, up to EOS or a stop id."""
@@ -264,7 +283,9 @@ class Pipeline:
     ) -> ImageOutput:
         """Text to image; in thinking mode the model first writes its reasoning (streamed).
 
-        `on_preview` gets a small picture after each decoder step, before that step's progress.
+        `on_preview` gets a small picture before each step's progress: the committed image tokens
+        in false colour while they denoise (engine/token_preview.py), then each decoder step's
+        predicted image.
         """
         started = time.perf_counter()
         prompt = need_text(prompt, NO_PROMPT)
@@ -291,7 +312,14 @@ class Pipeline:
         )
         with torch.inference_mode():
             tokens = self._denoise_image(
-                prompts, init, steps=steps, guidance=guidance, seed=seed, on_progress=on_progress
+                prompts,
+                init,
+                grid=(h, w),
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                on_progress=on_progress,
+                on_preview=on_preview,
             )
         codes = (tokens - self.backbone.config.image_token_offset).view(h, w)
         turbo = d.decoder_turbo if turbo is None else turbo
@@ -377,9 +405,11 @@ class Pipeline:
                 prompts,
                 init,
                 steps=steps,
+                grid=(gh, gw),
                 guidance=cfg_edit(ts, si, d.cfg_rescale),
                 seed=seed,
                 on_progress=on_progress,
+                on_preview=on_preview,
             )
         codes = tokens.view(gh, gw) - c.image_token_offset
         turbo = d.decoder_turbo if turbo is None else turbo
