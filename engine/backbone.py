@@ -313,7 +313,10 @@ class Experts(nn.Module):
 
 def grouped(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     """Rows of x, sorted by expert, each times its expert's w[e].T: one grouped matmul."""
-    return F.grouped_mm(x, w.transpose(1, 2), offs=offsets)
+    return _grouped_mm(x, w.transpose(1, 2), offs=offsets)
+
+
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # public name from torch 2.10
 
 
 class MoE(nn.Module):
