@@ -316,7 +316,7 @@ def grouped(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     return _grouped_mm(x, w.transpose(1, 2), offs=offsets)
 
 
-_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # public name from torch 2.10
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # older torch
 
 
 class MoE(nn.Module):
