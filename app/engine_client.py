@@ -184,6 +184,7 @@ class EngineClient(QObject):
         self._closing = False
         self._handlers: list[Callable[[Event], None]] = []
         self._collecting: dict[str, tuple[list[Event], asyncio.Future]] = {}
+        self._paused = False  # queued jobs wait; see set_paused
         self.state = "stopped"
 
     # ------------------------------------------------------------ what the app calls
@@ -250,6 +251,27 @@ class EngineClient(QObject):
     def cancel_queued(self) -> None:
         for request in list(self._queue):
             self.cancel(request.job_id)
+
+    def move_to_front(self, job_id: str) -> bool:
+        """Make a queued job the next to run; False when it is not waiting in the queue."""
+        for request in self._queue:
+            if request.job_id == job_id:
+                self._queue.remove(request)
+                self._queue.appendleft(request)
+                self.queue_changed.emit()
+                return True
+        return False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def set_paused(self, paused: bool) -> None:
+        """Paused: the running job finishes, queued jobs wait (model loads still go through)."""
+        if paused != self._paused:
+            self._paused = paused
+            self.queue_changed.emit()
+            self._dispatch()
 
     async def status(self, timeout_s: float = 10.0) -> StatusReport:
         """What the engine has loaded and where; answered even while a job runs."""
@@ -384,6 +406,8 @@ class EngineClient(QObject):
 
     def _dispatch(self) -> None:
         if self._running is not None or not self._queue or self._transport is None:
+            return
+        if self._paused and not isinstance(self._queue[0], LoadModel | Unload):
             return
         request = self._running = self._queue.popleft()
         self._interrupting = ""
