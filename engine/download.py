@@ -1,0 +1,486 @@
+"""Downloads LLaDA2.0-Uni from the Hugging Face hub, or a mirror at HF_ENDPOINT, into a plain folder.
+
+Partial files resume with HTTP ranges, every file is checked against the hub's checksum (sha256
+for LFS files, the git blob id for small ones), free disk space is checked before the first byte,
+and with HF_HUB_OFFLINE=1 (or `offline=True`) the hub is never contacted. Partial files and the
+download's record live in DIR/.llada-download/; config.json arrives last, so a folder whose
+download stopped midway never passes as a model. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.errors import Cancelled, StudioError
+
+REPOS = {"bf16": "inclusionAI/LLaDA2.0-Uni", "fp8": "inclusionAI/LLaDA2.0-Uni-FP8"}
+DEFAULT_ENDPOINT = "https://huggingface.co"
+STATE_FOLDER = ".llada-download"  # inside the model folder: record.json and partial/
+RESERVE_BYTES = 200 * 10**6  # left free on the disk after the download, for logs and settings
+LAST_FILE = "config.json"  # its arrival marks the folder as a model, so it comes last
+PROGRESS_EVERY_S = 0.1
+RATE_WINDOW_S = 10.0
+
+
+class DownloadError(StudioError):
+    """The download cannot go on: no network, no access, no disk space, a corrupt transfer."""
+
+    code = "download"
+
+
+class Unreachable(Exception):
+    """The hub did not answer at all (no network, a wrong HF_ENDPOINT, offline mode)."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative to the repo root, forward slashes
+    size: int
+    sha256: str | None = None  # LFS files: the hub's sha256 of the content
+    blob_id: str | None = None  # small files: the git blob sha1
+
+    def matches(self, sha256: str, blob_id: str) -> bool:
+        if self.sha256:
+            return sha256 == self.sha256
+        return self.blob_id is None or blob_id == self.blob_id
+
+
+@dataclass
+class Record:
+    """What DIR/.llada-download/record.json keeps: the revision's file list, and which files
+    matched their checksum at which (size, mtime), so a rerun need not hash them again."""
+
+    repo_id: str
+    revision: str  # the commit hash
+    files: list[RemoteFile]
+    verified: dict[str, list[int]] = field(default_factory=dict)  # path -> [size, mtime_ns]
+
+    @classmethod
+    def load(cls, folder: Path) -> Record | None:
+        try:
+            raw = json.loads((folder / STATE_FOLDER / "record.json").read_text())
+            files = [RemoteFile(**f) for f in raw["files"]]
+            return cls(raw["repo_id"], raw["revision"], files, dict(raw.get("verified", {})))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, folder: Path) -> None:
+        path = folder / STATE_FOLDER / "record.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+
+    def is_verified(self, folder: Path, file: RemoteFile) -> bool:
+        stamp = _stamp(folder / file.path)
+        return stamp is not None and self.verified.get(file.path) == stamp
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "checking" (hashing files already here), "downloading" or "verifying"
+    done: int  # bytes
+    total: int  # bytes
+    rate: float | None  # bytes per second over the last few seconds, None until known
+    seconds_left: float | None
+    file: str  # the file being worked on
+
+    def line(self) -> str:
+        """Such as `downloading 12.3 GB of 47.0 GB, 85.1 MB/s, 6 min 48 s left`."""
+        text = f"{self.stage} {_bytes(self.done)} of {_bytes(self.total)}"
+        if self.rate:
+            text += f", {_bytes(int(self.rate))}/s"
+        if self.seconds_left is not None:
+            text += f", {_duration(self.seconds_left)} left"
+        return text
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class Meter:
+    """Turns byte counts into throttled Progress reports with a rate and time left."""
+
+    total: int
+    on_progress: ProgressCallback | None
+    should_stop: Callable[[], bool] | None
+    done: int = 0
+    stage: str = "downloading"
+    file: str = ""
+    samples: deque = field(default_factory=deque)  # (time, bytes fetched this run)
+    fetched: int = 0
+    last_report: float = 0.0
+
+    def add(self, n: int) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("The download was cancelled; run it again to resume.")
+        self.done += n
+        if self.stage == "downloading":
+            self.fetched += n
+        self.report()
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_report < PROGRESS_EVERY_S:
+            return
+        self.last_report = now
+        self.samples.append((now, self.fetched))
+        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
+            self.samples.popleft()
+        rate = left = None
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        if t1 - t0 >= 0.5 and b1 > b0:
+            rate = (b1 - b0) / (t1 - t0)
+            left = max(self.total - self.done, 0) / rate
+        if self.on_progress is not None:
+            self.on_progress(Progress(self.stage, self.done, self.total, rate, left, self.file))
+
+
+class MeteredFile:
+    """A binary file that reports each write to a Meter (which may raise Cancelled)."""
+
+    def __init__(self, raw, meter: Meter):
+        self.raw, self.meter = raw, meter
+
+    def write(self, data: bytes) -> int:
+        written = self.raw.write(data)
+        self.meter.add(len(data))
+        return written
+
+    def seek(self, *args) -> int:
+        return self.raw.seek(*args)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def truncate(self, *args) -> int:  # a server that ignored the range: start the file over
+        before = self.raw.tell()
+        size = self.raw.truncate(*args)
+        self.meter.done -= max(before - size, 0)
+        return size
+
+
+# Where things go
+
+
+def default_folder(variant: str = "bf16") -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("LLaDA Studio", appauthor=False) / "models" / REPOS[variant].split("/")[1]
+
+
+def endpoint() -> str:
+    """The hub's address: HF_ENDPOINT (a mirror) when set, read at call time."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# The download
+
+
+@dataclass
+class Download:
+    """One run of `download`: plan from the hub's file list, check disk, fetch, verify, validate."""
+
+    folder: Path
+    repo_id: str = REPOS["bf16"]
+    revision: str = "main"
+    token: str | bool | None = None  # None: HF_TOKEN or the stored `hf auth login` token
+    offline: bool | None = None  # None: HF_HUB_OFFLINE
+    verify_all: bool = False  # hash every file, even those verified before and unchanged since
+    on_progress: ProgressCallback | None = None
+    should_stop: Callable[[], bool] | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know afterwards
+
+    def run(self) -> Path:
+        """Download what is missing and return the folder, validated as LLaDA2.0-Uni."""
+        self.folder = Path(self.folder).expanduser()
+        offline = offline_mode() if self.offline is None else self.offline
+        record = Record.load(self.folder)
+        if offline:
+            return self._finish_offline(record)
+        try:
+            listed = self._listing()
+        except Unreachable as error:  # what is here may still be whole
+            if record is None and not (self.folder / LAST_FILE).exists():
+                raise DownloadError(
+                    f"Cannot reach {endpoint()} ({_reason(error)}); check the connection, or "
+                    "HF_ENDPOINT for a mirror, and run the download again: it resumes."
+                ) from None
+            self.notes.append(f"Cannot reach {endpoint()}; checked the files already here.")
+            return self._finish_offline(record)
+        record = _carry_over(record, listed)
+        todo = self._check_present(record)
+        self._check_disk(record, todo)
+        record.save(self.folder)
+        self._fetch_all(record, todo)
+        return self._validate(record)
+
+    def _listing(self) -> Record:
+        """The revision's commit and files with sizes and checksums, from the hub's API."""
+        import httpx2
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        api = HfApi(endpoint=endpoint(), token=self.token, library_name="llada-studio")
+        try:
+            info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True)
+        except GatedRepoError:
+            raise DownloadError(
+                f"{self.repo_id} needs you to accept its terms on the hub and a token: run "
+                "`hf auth login` or set HF_TOKEN, then run the download again."
+            ) from None
+        except RepositoryNotFoundError:
+            raise DownloadError(
+                f"There is no model {self.repo_id} at {endpoint()}, or it is private and "
+                "needs a token (HF_TOKEN)."
+            ) from None
+        except RevisionNotFoundError:
+            raise DownloadError(f"{self.repo_id} has no revision {self.revision}.") from None
+        except (httpx2.TransportError, OfflineModeIsEnabled) as error:
+            raise Unreachable(_reason(error)) from error
+        except HfHubHTTPError as error:
+            raise DownloadError(
+                f"{endpoint()} refused the file list ({_reason(error)}); try again later."
+            ) from None
+        files = [
+            RemoteFile(
+                s.rfilename,
+                s.lfs.size if s.lfs else (s.size or 0),
+                s.lfs.sha256 if s.lfs else None,
+                None if s.lfs else s.blob_id,
+            )
+            for s in info.siblings or []
+        ]
+        if not files or not info.sha:
+            raise DownloadError(f"{endpoint()} lists no files for {self.repo_id}.")
+        files.sort(key=lambda f: (f.path == LAST_FILE, f.path))
+        return Record(self.repo_id, info.sha, files)
+
+    def _check_present(self, record: Record) -> list[RemoteFile]:
+        """The files still to fetch; a present file whose checksum fails is deleted here."""
+        suspects = [
+            f
+            for f in record.files
+            if (self.folder / f.path).is_file()
+            and (self.verify_all or not record.is_verified(self.folder, f))
+        ]
+        meter = self._meter(sum(f.size for f in suspects), "checking")
+        for file in suspects:
+            meter.file = file.path
+            target = self.folder / file.path
+            if target.stat().st_size == file.size and file.matches(*_digests(target, meter)):
+                record.verified[file.path] = _stamp(target)
+            else:
+                target.unlink()
+                record.verified.pop(file.path, None)
+                self.notes.append(f"{file.path} was corrupt and was fetched again.")
+        return [f for f in record.files if not record.is_verified(self.folder, f)]
+
+    def _check_disk(self, record: Record, todo: list[RemoteFile]) -> None:
+        need = sum(f.size - _partial_size(self._partial(f), f.size) for f in todo)
+        probe = self.folder
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if need + RESERVE_BYTES > free:
+            raise DownloadError(
+                f"The download needs {_bytes(need + RESERVE_BYTES)} free on the disk of "
+                f"{probe}, which has {_bytes(free)}; free some space or choose another folder."
+            )
+
+    def _fetch_all(self, record: Record, todo: list[RemoteFile]) -> None:
+        total = sum(f.size for f in record.files)
+        meter = self._meter(total, "downloading")
+        meter.done = total - sum(f.size for f in todo)
+        for file in todo:
+            meter.file = file.path
+            self._fetch(record, file, meter)
+            record.verified[file.path] = _stamp(self.folder / file.path)
+            record.save(self.folder)
+        meter.report(force=True)
+
+    def _fetch(self, record: Record, file: RemoteFile, meter: Meter) -> None:
+        """One file into partial/, resumed where a part is there; checked, then moved in place."""
+        part = self._partial(file)
+        for attempt in (1, 2):
+            self._transfer(record, file, part, meter)
+            meter.stage = "verifying"
+            digests = _digests(part, None)
+            meter.stage = "downloading"
+            if file.matches(*digests):
+                break
+            meter.done -= file.size
+            part.unlink()
+            if attempt == 2:
+                raise DownloadError(
+                    f"{file.path} arrived corrupt twice (its checksum does not match the "
+                    "hub's); check the connection or the mirror, then run the download again."
+                )
+        target = self.folder / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+
+    def _transfer(self, record: Record, file: RemoteFile, part: Path, meter: Meter) -> None:
+        import httpx2
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        part.parent.mkdir(parents=True, exist_ok=True)
+        have = _partial_size(part, file.size)
+        if have == 0:
+            part.unlink(missing_ok=True)
+        meter.done += have
+        url = hf_hub_url(self.repo_id, file.path, revision=record.revision, endpoint=endpoint())
+        headers = build_hf_headers(token=self.token, library_name="llada-studio")
+        try:
+            with part.open("ab") as raw:
+                http_get(
+                    url,
+                    MeteredFile(raw, meter),  # type: ignore[arg-type]
+                    resume_size=have,
+                    headers=headers,
+                    expected_size=file.size,
+                    displayed_filename=file.path,
+                )
+        except (OSError, httpx2.HTTPError) as error:  # after http_get's own retries
+            raise DownloadError(
+                f"Downloading {file.path} stopped ({_reason(error)}); run the download "
+                "again: it resumes where it stopped."
+            ) from None
+
+    def _finish_offline(self, record: Record | None) -> Path:
+        """Offline: check the files against the record (no network at all), then validate."""
+        if record is not None:
+            todo = self._check_present(record)
+            record.save(self.folder)
+            if todo:
+                raise DownloadError(
+                    f"Offline, and {self.folder} still lacks {todo[0].path}"
+                    f"{_and_more(len(todo) - 1)}; connect and run the download again to finish."
+                )
+        return self._validate(record)
+
+    def _validate(self, record: Record | None) -> Path:
+        from engine.checkpoint import tensor_index, validate_model_folder
+
+        is_fp8 = (record.repo_id if record else self.repo_id) == REPOS["fp8"]
+        if is_fp8:  # FP8 expert tensors are the quantizer's to check; here: whole shards
+            folder = validate_model_folder(
+                self.folder, parts=("tokenizer", "image_tokenizer", "decoder", "vae")
+            )
+            tensor_index(folder)
+        else:
+            folder = validate_model_folder(self.folder)
+        return folder.root
+
+    def _partial(self, file: RemoteFile) -> Path:
+        return self.folder / STATE_FOLDER / "partial" / (file.path + ".part")
+
+    def _meter(self, total: int, stage: str) -> Meter:
+        return Meter(total, self.on_progress, self.should_stop, stage=stage)
+
+
+def download(folder: Path | str, *, variant: str = "bf16", **options) -> Path:
+    """Download `variant` ("bf16" or "fp8") into `folder`; see Download for the options."""
+    if variant not in REPOS:
+        raise DownloadError(f"There is no variant {variant!r}; choose bf16 or fp8.")
+    options.setdefault("repo_id", REPOS[variant])
+    return Download(Path(folder), **options).run()
+
+
+def next_step(folder: Path) -> str:
+    """What to do after the download: quantize for a smaller card, or open the app."""
+    return (
+        f"The model is ready in {folder}. On a card with less than 48 GB, quantize it once "
+        f'for your card: python main.py quantize --model "{folder}" '
+        "(see python main.py quantize --help)."
+    )
+
+
+# Helpers
+
+
+def _carry_over(old: Record | None, new: Record) -> Record:
+    """The new listing, keeping verified stamps of files whose checksum did not change."""
+    if old is None or old.repo_id != new.repo_id:
+        return new
+    before = {f.path: f for f in old.files}
+    for file in new.files:
+        if file.path in old.verified and before.get(file.path) == file:
+            new.verified[file.path] = old.verified[file.path]
+    return new
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _partial_size(part: Path, size: int) -> int:
+    """Bytes a partial file holds, or 0 when there is none or it is longer than the file."""
+    try:
+        have = part.stat().st_size
+    except OSError:
+        return 0
+    return have if have <= size else 0
+
+
+def _digests(path: Path, meter: Meter | None) -> tuple[str, str]:
+    """(sha256 of the content, git blob sha1) in one pass."""
+    sha256 = hashlib.sha256()
+    blob = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as file:
+        while chunk := file.read(8 * 2**20):
+            sha256.update(chunk)
+            blob.update(chunk)
+            if meter is not None:
+                meter.add(len(chunk))
+    return sha256.hexdigest(), blob.hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0].rstrip(".") if text and text[0] else type(error).__name__
+
+
+def _and_more(n: int) -> str:
+    return "" if n == 0 else f" and {n} more file" + ("s" if n > 1 else "")
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds} s"
