@@ -1,4 +1,4 @@
-"""Downloads LLaDA2.0-Uni from the Hugging Face hub, or a mirror at HF_ENDPOINT, into a plain folder.
+"""Downloads LLaDA2.0-Uni from the Hugging Face hub, or a mirror at HF_ENDPOINT, into a folder.
 
 Partial files resume with HTTP ranges, every file is checked against the hub's checksum (sha256
 for LFS files, the git blob id for small ones), free disk space is checked before the first byte,

@@ -104,7 +104,7 @@ class HubServer:
                 if f.lfs:
                     entry["lfs"] = {"size": len(f.data), "sha256": f.sha256, "pointerSize": 134}
             siblings.append(entry)
-        return {"id": self.repo_id, "modelId": self.repo_id, "sha": self.commit, "siblings": siblings}
+        return {"id": self.repo_id, "sha": self.commit, "siblings": siblings}
 
 
 def read_files(folder: Path) -> list[HubFile]:
@@ -203,9 +203,10 @@ class HubHandler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = file.data[start or 0 :]
+        size = len(file.data)
         self.send_response(206 if start is not None else 200)
         if start is not None:
-            self.send_header("Content-Range", f"bytes {start}-{len(file.data) - 1}/{len(file.data)}")
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", f'"{etag or file.sha256}"')
