@@ -2,8 +2,10 @@
 
 The sequence is cut into blocks of `block_length` from position 0. Blocks are denoised left to
 right; inside a block each forward pass commits the most confident masked tokens (and every token
-above `threshold`), never remasking. Completed blocks never change, so their keys and values are
-cached (exact for a block-causal mask). Several prompts (CFG rows) run as one batch, left-padded
+above `threshold`), never remasking. Only the generated part is ever written: a mask token typed
+into a prompt stays prompt text. With `threshold=0.95, use_cache=False` this is the official loop,
+draw for draw; completed blocks never change, so their keys and values may be cached (exact for a
+block-causal mask). Several prompts (CFG rows) run as one batch, left-padded
 so their generated parts line up. Facts: shared/notes/backbone_facts.md §3.7, §5.
 """
 
@@ -196,12 +198,12 @@ def denoise(
                 prefix = (layout.ids[:, :hi], layout.positions[:, :hi], layout.mask(0, hi, hi))
                 logits = model(*prefix, last=B, vocab=allowed_vocab)
             mixed = guidance(logits) if guidance else logits[0]  # [B, V]
-            tokens, p = sample(mixed[active], sampling, generator)
+            # Draw at every position of the block, as the official loop does, so a seeded
+            # multinomial draw takes the same random numbers; only masked ones may commit.
+            tokens, p = sample(mixed, sampling, generator)
             tokens += allowed_vocab[0] if allowed_vocab else 0
-            confidence = torch.full((B,), float("-inf"), device=device)
-            confidence[active] = p
-            proposal = torch.full((B,), mask_id, dtype=torch.long, device=device)
-            proposal[active] = tokens
+            confidence = torch.where(active, p, float("-inf"))
+            proposal = torch.where(active, tokens, mask_id)
             count = math.ceil(int(active.sum()) / (steps - s)) if adaptive else schedule[s]
             chosen = choose_commits(confidence, count, threshold)
             layout.ids[:, lo:hi] = torch.where(chosen, proposal, layout.ids[:, lo:hi])

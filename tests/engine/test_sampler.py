@@ -109,3 +109,96 @@ def test_fixed_tokens_are_never_changed(model):
     init[::3] = 123
     out = denoise(model, [PROMPT], init, mask_id=MASK, steps=8)
     assert (out[::3] == 123).all() and (out != MASK).all()
+
+
+def official_loop(model, prompt, *, gen_length, steps, threshold, mask_id, eos_id, draw):
+    """facts §5.1 written out as the official LLaDA2.0 `generate`: no cache, the whole prefix
+    every step, threshold acceptance. Returns (tokens, committed indices per forward)."""
+    B, P = 32, len(prompt)
+    blocks = -(-(P + gen_length) // B)
+    x = torch.full((1, blocks * B), mask_id)
+    x[0, :P] = torch.tensor(prompt)
+    pos = torch.arange(blocks * B)[None]
+    q = torch.arange(blocks * B)
+    allowed = ((q[None, :] // B) <= (q[:, None] // B))[None, None]  # key block <= query block
+    counts = [B // steps + (1 if s < B % steps else 0) for s in range(steps)]
+    commits = []
+    for blk in range(P // B, blocks):
+        end = (blk + 1) * B
+        for s in range(steps):
+            active = x[0, end - B : end] == mask_id
+            if not active.any():
+                break
+            logits = model(x[:, :end], pos[:, :end], allowed[..., :end, :end], last=B)[0]
+            x0, p = draw(torch.softmax(logits.float(), dim=-1))
+            conf = torch.where(active, p, float("-inf"))
+            above = conf > threshold
+            if int(above.sum()) >= counts[s]:
+                chosen = above
+            else:
+                chosen = torch.zeros(B, dtype=torch.bool)
+                chosen[conf.topk(min(counts[s], int(active.sum()))).indices] = True
+            x[0, end - B : end] = torch.where(chosen, x0, x[0, end - B : end])
+            where = (chosen.nonzero().squeeze(-1) + end - B - P).tolist()
+            commits.append(([i for i in where if i < gen_length], int(chosen.sum()), counts[s]))
+        if (x[0, P:end] == eos_id).any():
+            break
+    out = x[0, P : P + gen_length].tolist()
+    return out[: out.index(eos_id)] if eos_id in out else out, commits
+
+
+@pytest.fixture(scope="module")
+def confident_model(tiny_checkpoint):
+    """The tiny model with its head scaled, so that many drawn tokens pass 0.95 as a trained
+    model's do; a model that is never confident cannot tell threshold acceptance apart."""
+    model = load_backbone(tiny_checkpoint, dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(15)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["greedy", "multinomial"])
+def test_baseline_commits_exactly_as_the_official_loop_at_threshold_095(confident_model, mode):
+    def draw(probs):
+        if mode == "greedy":
+            p, tokens = probs.max(dim=-1)
+            return tokens, p
+        tokens = torch.multinomial(probs, 1, generator=reference_rng).squeeze(-1)
+        return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+    reference_rng = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        expected, official = official_loop(
+            confident_model, PROMPT, gen_length=64, steps=8, threshold=0.95, mask_id=MASK,
+            eos_id=0, draw=draw,
+        )  # fmt: skip
+        ours = []
+        tokens = run(
+            confident_model,
+            threshold=0.95,
+            use_cache=False,  # the official baseline: threshold 0.95, no cache
+            sampling=Sampling(zero_temperature=mode),
+            generator=torch.Generator().manual_seed(5),
+            on_step=lambda r: ours.append(sorted(i for i, _ in r.committed)),
+        )
+    assert tokens == expected
+    assert ours == [sorted(where) for where, _, _ in official]
+    # the threshold really decided: some steps committed more than their scheduled count
+    assert any(n > count for _, n, count in official)
+    assert any(n == count for _, n, count in official)  # and some took the top-k rule
+
+
+def test_a_mask_token_in_the_prompt_is_kept_as_prompt_text(model):
+    prompt = PROMPT[:36] + [MASK, 77, MASK, 78]  # typed <|mask|>s in the block being denoised
+    seen = []
+    hook = model.register_forward_hook(lambda mod, args, out: seen.append(args[0][0].clone()))
+    committed = []
+    try:
+        out = denoise(
+            model, [prompt], torch.full((64,), MASK), mask_id=MASK, steps=8, use_cache=False,
+            on_step=lambda r: committed.extend(i for i, _ in r.committed),
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert all(ids[: len(prompt)].tolist() == prompt for ids in seen)  # every forward sees it
+    assert sorted(committed) == list(range(64)) and (out != MASK).all()
