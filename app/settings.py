@@ -1,39 +1,139 @@
-"""Settings: one dataclass, loaded from and saved to a JSON file in the user's config folder."""
+"""Settings: one dataclass, loaded from and saved to a JSON file in the user's config folder.
+
+Saving is atomic (a temporary file, then a rename). A file that cannot be read as settings is set
+aside under a new name with one sentence for the user, and the defaults are used; a single field of
+the wrong type falls back to its default alone.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from platformdirs import user_config_path
+from platformdirs import user_config_path, user_data_path, user_pictures_path
+
+APP_NAME = "LLaDA Studio"
+DEVICES = ("auto", "cuda", "mps", "cpu")  # "cuda:N" is accepted too (engine/args.py's rule)
+PRECISIONS = ("bf16", "int8", "int4")  # engine/quant.py PRECISIONS
+THEMES = ("system", "dark", "light")
+
+# What each VRAM preset means to the engine: how much of the model stays on the GPU.
+VRAM_PRESETS = {
+    "auto": "Choose from the GPU's memory when the model loads",
+    "high": "Everything on the GPU (48 GB or more at bf16)",
+    "medium": "The decoder waits in CPU memory between stages (24 GB or more)",
+    "low": "Layers stream from CPU memory as they are needed (slow; 12 GB or more)",
+}
+
+# Disk and GPU memory by precision, for the first-run page (backbone_facts.md §8: backbone 16B
+# parameters, about 32 GB at bf16; decoder ~12 GB; VAE, SigVQ and tokenizer ~3 GB; the bf16
+# download about 60 GB with both decoders). Quantized backbones: 1 byte (int8) or half a byte
+# (int4) a parameter, plus scales.
+PRECISION_NEEDS = {
+    "bf16": {"disk_gb": 60, "vram_gb": 47, "understand_vram_gb": 35},
+    "int8": {"disk_gb": 45, "vram_gb": 32, "understand_vram_gb": 20},
+    "int4": {"disk_gb": 37, "vram_gb": 24, "understand_vram_gb": 12},
+}
 
 
 def default_path() -> Path:
-    return user_config_path("LLaDA Studio", appauthor=False) / "settings.json"
+    return user_config_path(APP_NAME, appauthor=False) / "settings.json"
+
+
+def data_folder() -> Path:
+    """Where the app keeps its own files: autosave, the demo model."""
+    return user_data_path(APP_NAME, appauthor=False)
+
+
+def default_results_folder() -> Path:
+    return user_pictures_path() / APP_NAME
 
 
 @dataclass
 class Settings:
     model_folder: str = ""  # the LLaDA2.0-Uni folder; empty until the user picks one
+    demo_model: bool = False  # model_folder is the tiny random demo: its results are noise
     device: str = "auto"
+    precision: str = "bf16"
+    vram_preset: str = "auto"
+    results_folder: str = ""  # "" = default_results_folder()
+    theme: str = "system"
+    brush_size: int = 40  # px on the image
+    brush_hardness: float = 0.8  # 0 soft edge .. 1 hard edge
+    mask_opacity: float = 0.5
+    canvas_checkerboard: bool = True  # behind transparent or letterboxed parts
+    # Default advanced parameters (the official defaults, engine/pipeline.py Defaults)
+    generate_steps: int = 8
+    generate_cfg: float = 2.0
+    edit_steps: int = 8
+    edit_cfg_text: float = 4.0
+    edit_cfg_image: float = 0.0
+    understand_steps: int = 32
+    answer_tokens: int = 2048
+    turbo_decoder: bool = True
+    autosave_seconds: float = 3.0
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_folder) if self.results_folder else default_results_folder()
+
+    @property
+    def needs_setup(self) -> bool:
+        """True until a model folder (or the demo) is chosen: the first-run page shows."""
+        return not self.model_folder
 
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:
-        """Unknown keys are ignored; an unreadable file gives the defaults (it is never fatal)."""
+        """The saved settings; never fails (see `load_checked` for the sentence)."""
+        return cls.load_checked(path)[0]
+
+    @classmethod
+    def load_checked(cls, path: Path | None = None) -> tuple[Settings, str]:
+        """(settings, a sentence for the user or "") — a damaged file is set aside, not lost."""
         path = path or default_path()
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return cls()
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls(), ""
+        except (OSError, ValueError) as error:
+            return cls(), _set_aside(path, f"it could not be read ({type(error).__name__})")
         if not isinstance(raw, dict):
-            return cls()
-        known = {f.name: raw[f.name] for f in fields(cls) if isinstance(raw.get(f.name), str)}
-        return cls(**known)
+            return cls(), _set_aside(path, "it did not hold settings")
+        known = {f.name: raw[f.name] for f in fields(cls) if _fits(raw.get(f.name), f.default)}
+        for name, default in ((f.name, f.default) for f in fields(cls)):
+            if name in known and isinstance(default, float):
+                known[name] = float(known[name])
+        return cls(**known), ""
 
     def save(self, path: Path | None = None) -> None:
         path = path or default_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as file:
+            json.dump(asdict(self), file, indent=2)
+            file.flush()
+            os.fsync(file.fileno())
         tmp.replace(path)  # atomic: a crash never leaves half a file
+
+
+def _fits(value: object, default: object) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+def _set_aside(path: Path, why: str) -> str:
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return f"The settings file {path} is damaged ({why}); the defaults are used."
+    return (
+        f"The settings file was damaged ({why}), so it was kept as {aside.name} and the "
+        "defaults are used."
+    )

@@ -1,14 +1,36 @@
-"""Settings round-trip through JSON; a damaged file gives the defaults instead of a crash."""
+"""Settings round-trip through JSON; a damaged file is set aside with a sentence and the defaults
+are used; a field of the wrong type falls back alone."""
 
 from app.settings import Settings
 
 
-def test_round_trip_and_damaged_files(tmp_path):
+def test_round_trip(tmp_path):
     path = tmp_path / "s" / "settings.json"
-    Settings(model_folder="/models/uni", device="cuda").save(path)
-    assert Settings.load(path) == Settings(model_folder="/models/uni", device="cuda")
+    chosen = Settings(model_folder="/models/uni", device="cuda", precision="int4", theme="dark")
+    chosen.brush_size, chosen.edit_cfg_text, chosen.turbo_decoder = 12, 5.5, False
+    chosen.save(path)
+    assert Settings.load(path) == chosen
+    assert not Settings.load(path).needs_setup
+    assert [p.name for p in path.parent.iterdir()] == ["settings.json"]  # no temporary left
+
+
+def test_a_corrupt_file_is_set_aside_with_a_sentence(tmp_path):
+    path = tmp_path / "settings.json"
     path.write_text("{not json")
-    assert Settings.load(path) == Settings()
-    path.write_text('{"model_folder": 3, "unknown": true}')
-    assert Settings.load(path) == Settings()
-    assert Settings.load(tmp_path / "missing.json") == Settings()
+    settings, notice = Settings.load_checked(path)
+    assert settings == Settings() and settings.needs_setup
+    assert notice.startswith("The settings file was damaged") and "defaults are used" in notice
+    (aside,) = tmp_path.glob("settings.json.damaged-*")
+    assert aside.read_text() == "{not json"
+    assert not path.exists()
+    path.write_text("[1, 2]")
+    assert "did not hold settings" in Settings.load_checked(path)[1]
+
+
+def test_wrong_fields_fall_back_alone_and_missing_file_is_quiet(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text('{"model_folder": 3, "unknown": true, "device": "cpu", "brush_size": true,'
+                    ' "mask_opacity": 1}')  # fmt: skip
+    settings, notice = Settings.load_checked(path)
+    assert notice == "" and settings == Settings(device="cpu", mask_opacity=1.0)
+    assert Settings.load_checked(tmp_path / "missing.json") == (Settings(), "")
