@@ -367,7 +367,8 @@ def check_backbone(folder: ModelFolder | Path | str) -> dict[str, TensorInfo]:
     config = read_backbone_config(folder)
     tensors = tensor_index(folder)
     fused = any(name.endswith(".mlp.experts.gate_proj") for name in tensors)
-    expected = expected_shapes(config, fused_experts=fused)
+    fused = fused or any(name.endswith(".mlp.experts.gate_proj.qweight") for name in tensors)
+    expected = _stored_shapes(folder.root, expected_shapes(config, fused_experts=fused), tensors)
     for name, shape in expected.items():
         if name in tensors and tensors[name].shape != tuple(shape):
             raise BadCheckpoint(
@@ -388,6 +389,31 @@ def check_backbone(folder: ModelFolder | Path | str) -> dict[str, TensorInfo]:
             f"LLaDA2.0-Uni does not have, such as {extra[0]}."
         )
     return tensors
+
+
+def _stored_shapes(root: Path, expected: dict, tensors: dict[str, TensorInfo]) -> dict:
+    """The expected tensors as this folder stores them: quantized parts in a quantized folder
+    (its manifest says how), block scales beside FP8 expert weights."""
+    from engine import quant
+
+    manifest = quant.read_manifest(root)
+    if manifest:
+        bits = manifest["backbone"]["bits"]
+        group = manifest["backbone"].get("group_size") or quant.DEFAULT_GROUP
+        stored = {}
+        for name, shape in expected.items():
+            if quant.is_quantized_name(name):
+                parts = quant.quantized_names(name, tuple(shape), bits, group)
+                stored |= {part: part_shape for part, (_, part_shape) in parts.items()}
+            else:
+                stored[name] = shape
+        return stored
+    scales = {}
+    for name, info in tensors.items():
+        base = name.removesuffix(quant.FP8_SCALE_SUFFIX)
+        if name != base and base in expected and quant.is_fp8_expert(base):
+            scales[name] = info.shape  # block scales: [ceil(N/128), ceil(K/128)]
+    return expected | scales
 
 
 def _count(names: list[str]) -> str:

@@ -463,7 +463,7 @@ def load_backbone(
                 f"{folder} holds a {stored} model; load it at {stored}, or quantize the "
                 f"bf16 model to {precision}."
             )
-        precision, group = stored, manifest["backbone"]["group_size"]
+        precision, group = stored, manifest["backbone"]["group_size"] or DEFAULT_GROUP
     config = BackboneConfig.from_checkpoint(folder)
     with torch.device("meta"):
         model = Backbone(config)

@@ -1,0 +1,223 @@
+"""Writes a quantized copy of a model folder: `main.py quantize --model DIR --bits 4 --out DIR`.
+
+Same layout as the source (config.json, tokenizer, sharded safetensors with an index, the vision
+and decoder folders), with each quantized weight `X.weight` stored as `X.qweight`, `X.scale`
+(and `X.minv` for int4) in the device-neutral format of engine/quant.py, plus a manifest,
+quantization.json, saying what was quantized and how. The backbone streams one tensor at a time.
+
+Cancel-safe: everything is written into a hidden `.NAME.partial` folder next to the output, the
+manifest last, and the folder is renamed to its name only at the end; a cancelled or failed run
+removes it. A folder without the manifest never loads as a quantized model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine import quant
+from engine.checkpoint import INDEX_NAME, TensorInfo, tensor_index, validate_model_folder
+from engine.errors import BadCheckpoint, BadInput
+
+DECODER_BITS = (8, 16)
+MARGIN_BYTES = 64 * 2**20  # headers, index, manifest, filesystem slack
+SAFETENSORS_DTYPES = {"I8": 1, "U8": 1, "BF16": 2}
+
+
+def output_bytes(tensors: dict[str, TensorInfo], bits: int, group: int) -> int:
+    """Bytes of backbone tensor data the quantized folder will hold (from headers only)."""
+    from engine.checkpoint import DTYPE_BYTES
+
+    total = 0
+    for name, info in tensors.items():
+        if name.endswith(".weight" + quant.FP8_SCALE_SUFFIX):
+            continue
+        if quant.is_quantized_name(name):
+            for dtype, shape in quant.quantized_names(name, info.shape, bits, group).values():
+                total += SAFETENSORS_DTYPES[dtype] * _numel(shape)
+        else:
+            total += DTYPE_BYTES.get(info.dtype, 4) * _numel(info.shape)
+    return total
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
+
+
+def quantize_folder(
+    source: Path | str,
+    out: Path | str,
+    bits: int,
+    decoder_bits: int = 16,
+    group: int = quant.DEFAULT_GROUP,
+    device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write the quantized folder `out` from the bf16 (or FP8) model folder `source`."""
+    if bits not in (4, 8):
+        raise BadInput(f"--bits must be 4 or 8, not {bits}.")
+    if decoder_bits not in DECODER_BITS:
+        raise BadInput(f"--decoder-bits must be 8 or 16, not {decoder_bits}.")
+    root = validate_model_folder(source, parts=("backbone", "tokenizer")).root
+    if quant.read_manifest(root):
+        raise BadInput(f"{root} is already quantized; quantize the bf16 model folder instead.")
+    out = Path(out).expanduser().absolute()
+    if out.exists():
+        raise BadInput(f"The output folder {out} already exists; choose a new name.")
+    if not out.parent.is_dir():
+        raise BadInput(f"The folder {out.parent} for the output does not exist.")
+    tensors = tensor_index(root)
+    shards = sorted({info.file for info in tensors.values()})
+    others = [p for p in _other_files(root, shards)]
+    need = output_bytes(tensors, bits, group) + MARGIN_BYTES
+    if not _same_disk(root, out.parent):
+        need += sum(p.stat().st_size for p in others)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise BadInput(
+            f"Quantizing needs {need / 1e9:.1f} GB free in {out.parent}, which has "
+            f"{free / 1e9:.1f} GB; free some space or choose another --out."
+        )
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():  # left by a run that was killed: ours, by its name
+        shutil.rmtree(partial)
+    partial.mkdir()
+    try:
+        _link_others(root, others, partial)
+        _write_config(root, partial)
+        _write_shards(root, shards, partial, bits, group, device, on_progress)
+        _write_manifest(partial, root, bits, decoder_bits, group)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _other_files(root: Path, shards: list[Path]) -> list[Path]:
+    """Every file of the model folder except the backbone shards, index, config and manifest."""
+    skip = {p.name for p in shards} | {INDEX_NAME, "config.json", quant.MANIFEST}
+    found = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_dir() or (len(relative.parts) == 1 and relative.name in skip):
+            continue
+        found.append(path)
+    return found
+
+
+def _same_disk(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def _link_others(root: Path, others: list[Path], target: Path) -> None:
+    """Hard-link the unchanged files (no space, no time) or copy them across disks."""
+    for path in others:
+        dest = target / path.relative_to(root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        real = path.resolve()  # a Hugging Face cache links into blobs/
+        try:
+            os.link(real, dest)
+        except OSError:
+            shutil.copy2(real, dest)
+
+
+def _write_config(root: Path, target: Path) -> None:
+    """config.json as in the source, minus the FP8 flags: the weights are no longer FP8."""
+    raw = json.loads((root / "config.json").read_text())
+    raw.pop("use_fp8_experts", None)
+    raw.pop("quantization_config", None)
+    (target / "config.json").write_text(json.dumps(raw, indent=2))
+
+
+def _write_shards(root, shards, target, bits, group, device, on_progress) -> None:
+    total = len(shards)
+    weight_map: dict[str, str] = {}
+    size = 0
+    for done, shard in enumerate(shards, 1):
+        tensors = _quantize_shard(shard, bits, group, device)
+        save_file(tensors, str(target / shard.name), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(tensors, shard.name)
+        size += sum(t.numel() * t.element_size() for t in tensors.values())
+        if on_progress:
+            on_progress(done, total)
+    index = {"metadata": {"total_size": size}, "weight_map": weight_map}
+    (target / INDEX_NAME).write_text(json.dumps(index, indent=2))
+
+
+def _quantize_shard(shard: Path, bits: int, group: int, device: str) -> dict[str, torch.Tensor]:
+    """One shard's tensors in the quantized layout, each source tensor read once."""
+    out: dict[str, torch.Tensor] = {}
+    fp8: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(shard, framework="pt", device=device) as file:
+        for name in file.keys():
+            tensor = file.get_tensor(name)
+            if (
+                name.endswith(".weight" + quant.FP8_SCALE_SUFFIX)
+                or tensor.dtype in quant.FP8_DTYPES
+            ):
+                base = name.removesuffix(quant.FP8_SCALE_SUFFIX)
+                if not quant.is_fp8_expert(base):
+                    raise BadCheckpoint(
+                        f"The FP8 checkpoint holds {name}, which is not a routed expert weight."
+                    )
+                slot = fp8.setdefault(base, {})
+                slot["scale" if name != base else "weight"] = tensor
+                if len(slot) < 2:
+                    continue
+                del fp8[base]
+                name, tensor = base, quant.dequantize_fp8(slot["weight"], slot["scale"])
+            out |= _quantize_tensor(name, tensor, bits, group)
+    if fp8:
+        raise BadCheckpoint(
+            f"{shard.name} holds the FP8 weight {next(iter(fp8))} without its block scales "
+            "in the same file, which this converter needs."
+        )
+    return out
+
+
+def _quantize_tensor(name: str, tensor: torch.Tensor, bits: int, group: int) -> dict:
+    if not quant.is_quantized_name(name):
+        return {name: tensor.cpu().contiguous()}
+    base = name.removesuffix(".weight")
+    if tensor.dim() == 3:  # a fused expert stack: one expert at a time bounds the fp32 copies
+        per = [quant.quantize(tensor[e], bits, group) for e in range(tensor.shape[0])]
+        parts = {k: torch.stack([p[k] for p in per]) for k in per[0]}
+    else:
+        parts = quant.quantize(tensor, bits, group)
+    return {f"{base}.{k}": v.cpu().contiguous() for k, v in parts.items()}
+
+
+def _write_manifest(target: Path, source: Path, bits: int, decoder_bits: int, group: int):
+    manifest = {
+        "format": quant.FORMAT,
+        "version": 1,
+        "source": str(source),
+        "backbone": {
+            "bits": bits,
+            "group_size": group if bits == 4 else None,
+            "scheme": "int8 symmetric per output channel"
+            if bits == 8
+            else f"int4 asymmetric, groups of up to {group} columns",
+            "quantized": "every linear layer of the layers, routed and shared experts",
+            "kept_bf16": ["word embeddings", "lm_head", "router", "norms"],
+        },
+        "decoder": {
+            "bits": decoder_bits,
+            "applied": "stored bf16; its linear layers are quantized to int8 as they load"
+            if decoder_bits == 8
+            else "bf16",
+        },
+        "torch": torch.__version__,
+    }
+    (target / quant.MANIFEST).write_text(json.dumps(manifest, indent=2))
