@@ -3,7 +3,7 @@ a task headless (see `python main.py --help`)."""
 
 import sys
 
-HEADLESS = ("generate", "edit", "ask", "-h", "--help")
+HEADLESS = ("generate", "edit", "ask", "download", "doctor", "-h", "--help")
 
 
 def main() -> int:

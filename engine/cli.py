@@ -16,7 +16,7 @@ from PIL import Image, PngImagePlugin
 
 from engine.errors import BadInput, Cancelled, StudioError
 
-COMMANDS = ("generate", "edit", "ask")
+COMMANDS = ("generate", "edit", "ask", "download", "doctor")
 
 
 class ProgressBar:
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--mask", type=Path, help="ask about the masked region of the first image")
     ask.add_argument("--question", required=True)
     ask.add_argument("--max-tokens", type=int, default=None, help="answer length limit")
+
+    from engine import doctor, download  # torch-free; each brings its own handler
+
+    download.add_command(sub)
+    doctor.add_command(sub)
     return parser
 
 
@@ -187,7 +192,13 @@ def run(args: argparse.Namespace, out=sys.stdout) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except StudioError as error:  # a value an argument rule refused (engine/args.py)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if hasattr(args, "handler"):  # download and doctor: their own exit statuses
+        return args.handler(args)
     try:
         run(args)
     except StudioError as error:

@@ -484,3 +484,78 @@ def _duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60} min {seconds % 60} s"
     return f"{seconds} s"
+
+
+# The command: python main.py download
+
+
+def add_command(sub) -> None:
+    """The `download` subcommand on the CLI's subparsers."""
+    from engine import args
+
+    args.register(args.Rule("variant", "choice", "The model variant", choices=tuple(REPOS)))
+    parser = sub.add_parser(
+        "download", help="download the model (resumes, checks every file, works offline)"
+    )
+    args.add_flag(parser, "variant", default="bf16", help="bf16 (about 60 GB) or fp8 (about 33 GB)")
+    parser.add_argument("--dir", type=Path, help="where to put it (default: the app's data folder)")
+    parser.add_argument("--revision", default="main", help="a branch, tag or commit of the repo")
+    parser.add_argument("--verify", action="store_true", help="hash every file again")
+    parser.add_argument(
+        "--offline", action="store_true", help="never contact the hub; check the files here"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="progress as JSON lines on stdout, for the app"
+    )
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(options, out=None, err=None) -> int:
+    """Run `download` from parsed options: 0 done, 1 failed, 130 cancelled (Ctrl+C)."""
+    import sys
+
+    out, err = out or sys.stdout, err or sys.stderr
+    folder = options.dir or default_folder(options.variant)
+    show = _json_progress(out) if options.json else _bar_progress(err)
+    task = Download(
+        Path(folder),
+        repo_id=REPOS[options.variant],
+        revision=options.revision,
+        offline=True if options.offline else None,
+        verify_all=options.verify,
+        on_progress=show,
+    )
+    err.write(f"{task.repo_id} -> {folder}\n")
+    try:
+        root = task.run()
+    except (Cancelled, KeyboardInterrupt):
+        err.write("\ncancelled; run the same command again to resume\n")
+        return 130
+    except StudioError as error:  # DownloadError, or BadCheckpoint from the final validation
+        err.write(f"\nerror: {error}\n")
+        return 1
+    err.write("\n")
+    for note in task.notes:
+        err.write(f"note: {note}\n")
+    if options.json:
+        out.write(json.dumps({"folder": str(root), "next": next_step(root)}) + "\n")
+    else:
+        out.write(next_step(root) + "\n")
+    return 0
+
+
+def _bar_progress(stream) -> ProgressCallback:
+    def show(progress: Progress) -> None:
+        name = progress.file if len(progress.file) <= 40 else "…" + progress.file[-39:]
+        stream.write(f"\r{progress.line():<70} {name:<40}")
+        stream.flush()
+
+    return show
+
+
+def _json_progress(stream) -> ProgressCallback:
+    def show(progress: Progress) -> None:
+        stream.write(json.dumps(asdict(progress)) + "\n")
+        stream.flush()
+
+    return show
