@@ -1,6 +1,6 @@
 """Writes a tiny random LLaDA2.0-Uni checkpoint in the official layout, for tests and demos.
 
-    python -m engine.tiny OUT_DIR [--seed N]
+    python -m engine.tiny OUT_DIR [--seed N] [--widths tiny|real] [--fp8]
 
 Same files and names as the real model (config.json with every official field, a real
 tokenizer.json with every special token, sharded safetensors with an index, and the vision
@@ -144,7 +144,31 @@ def write_shards(folder: Path, weights: dict[str, torch.Tensor], shards: int = 3
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def write_tiny_checkpoint(folder: Path, seed: int = 0, widths: str = "tiny") -> Path:
+def to_fp8_experts(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Routed expert weights as the FP8 release stores them (facts §7): E4M3 with one fp32
+    `weight_scale_inv` per 128x128 block (w = q * scale); every other tensor unchanged."""
+    from engine.quant import FP8_BLOCK, FP8_SCALE_SUFFIX, is_fp8_expert
+
+    out = {}
+    for name, w in weights.items():
+        if not is_fp8_expert(name):
+            out[name] = w
+            continue
+        n, k = w.shape
+        rows, cols = -(-n // FP8_BLOCK), -(-k // FP8_BLOCK)
+        padded = torch.zeros(rows * FP8_BLOCK, cols * FP8_BLOCK)
+        padded[:n, :k] = w.float()
+        blocks = padded.view(rows, FP8_BLOCK, cols, FP8_BLOCK)
+        scale = (blocks.abs().amax(dim=(1, 3)) / 448).clamp(min=1e-12)  # E4M3's largest value
+        full = scale.repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1)[:n, :k]
+        out[name] = (w.float() / full).to(torch.float8_e4m3fn)
+        out[name + FP8_SCALE_SUFFIX] = scale
+    return out
+
+
+def write_tiny_checkpoint(
+    folder: Path, seed: int = 0, widths: str = "tiny", fp8: bool = False
+) -> Path:
     """Write every part of a random checkpoint into `folder` and return it.
 
     widths "tiny" is for tests; "real" has the real backbone widths (hidden 2048, 256 experts of
@@ -159,8 +183,13 @@ def write_tiny_checkpoint(folder: Path, seed: int = 0, widths: str = "tiny") -> 
     else:
         config = tiny_config(512, eos)
     assert tokenizer.get_vocab_size() <= config.image_token_offset
-    (folder / "config.json").write_text(json.dumps(official_config_json(config), indent=2))
-    write_shards(folder, random_weights(config, seed))
+    raw_config = official_config_json(config)
+    weights = random_weights(config, seed)
+    if fp8:  # as LLaDA2.0-Uni-FP8: experts in block FP8, the flag in config.json
+        raw_config["use_fp8_experts"] = True
+        weights = to_fp8_experts(weights)
+    (folder / "config.json").write_text(json.dumps(raw_config, indent=2))
+    write_shards(folder, weights)
     if widths == "tiny" and importlib.util.find_spec("engine.tiny_vision"):
         from engine.tiny_vision import write_tiny_vision
 
@@ -175,8 +204,11 @@ def main() -> None:
     parser.add_argument(
         "--widths", choices=("tiny", "real"), default="tiny", help="real: 2 layers, ~3 GB"
     )
+    parser.add_argument(
+        "--fp8", action="store_true", help="routed experts in block FP8, as the FP8 release"
+    )
     args = parser.parse_args()
-    print(write_tiny_checkpoint(args.out_dir, args.seed, args.widths))
+    print(write_tiny_checkpoint(args.out_dir, args.seed, args.widths, args.fp8))
 
 
 if __name__ == "__main__":
