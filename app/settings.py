@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from platformdirs import user_config_path, user_data_path, user_pictures_path
@@ -75,6 +75,7 @@ class Settings:
     answer_tokens: int = 2048
     turbo_decoder: bool = True
     autosave_seconds: float = 3.0
+    recent_files: list[str] = field(default_factory=list)  # newest first; see Workspace
 
     @property
     def results_path(self) -> Path:
@@ -102,7 +103,7 @@ class Settings:
             return cls(), _set_aside(path, f"it could not be read ({type(error).__name__})")
         if not isinstance(raw, dict):
             return cls(), _set_aside(path, "it did not hold settings")
-        known = {f.name: raw[f.name] for f in fields(cls) if _fits(raw.get(f.name), f.default)}
+        known = {f.name: raw[f.name] for f in fields(cls) if _fits(raw.get(f.name), _default(f))}
         for name, default in ((f.name, f.default) for f in fields(cls)):
             if name in known and isinstance(default, float):
                 known[name] = float(known[name])
@@ -119,7 +120,13 @@ class Settings:
         tmp.replace(path)  # atomic: a crash never leaves half a file
 
 
+def _default(f) -> object:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
 def _fits(value: object, default: object) -> bool:
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if isinstance(default, bool) or isinstance(value, bool):
         return type(value) is type(default)
     if isinstance(default, float):
