@@ -1,0 +1,144 @@
+"""Model set-up for the first run: copies already in the Hugging Face cache, checking a chosen
+folder, and writing the tiny demo model. No widgets.
+
+Checking a folder reads the backbone's config through engine/backbone.py, which imports torch, so
+it runs in a child Python process (QProcess) and the GUI process stays torch-free; finding folders
+uses only engine/checkpoint.py's torch-free `find_model_folder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
+
+from app.settings import data_folder
+from engine import checkpoint  # torch-free while only finding folders
+
+ROOT = Path(__file__).resolve().parents[1]  # the folder holding engine/ and app/
+DEMO_NOTE = (
+    "The demo model is tiny and random: it runs every feature, but its images are noise and its "
+    "answers are nonsense. Choose the real LLaDA2.0-Uni folder for real results."
+)
+_VALIDATE = """
+import json, sys
+from engine.checkpoint import validate_model_folder
+try:
+    folder = validate_model_folder(sys.argv[1])
+    print(json.dumps({"root": str(folder.root), "message": ""}))
+except Exception as error:
+    print(json.dumps({"root": "", "message": str(error)}))
+"""
+
+
+def hf_cache_folders() -> list[Path]:
+    """Where the Hugging Face hub keeps downloads, by its own environment variables."""
+    found = []
+    if os.environ.get("HF_HUB_CACHE"):
+        found.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        found.append(Path(os.environ["HF_HOME"]) / "hub")
+    found.append(Path.home() / ".cache" / "huggingface" / "hub")
+    return list(dict.fromkeys(p.expanduser() for p in found))
+
+
+def find_cached_models(caches: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """(folder, problem or "") for each LLaDA2.0-Uni copy in the caches."""
+    found = []
+    for cache in hf_cache_folders() if caches is None else caches:
+        if not cache.is_dir():
+            continue
+        for repo in sorted(cache.glob(checkpoint.HF_REPO_FOLDER + "*")):
+            try:
+                found.append((checkpoint.find_model_folder(repo).root, ""))
+            except checkpoint.BadCheckpoint as error:
+                found.append((repo, str(error)))
+    return found
+
+
+def demo_folder() -> Path:
+    return data_folder() / "demo-model"
+
+
+class PythonTask(QObject):
+    """Runs `python -c CODE ARGS` (or `-m`) with this project on the path; one at a time."""
+
+    finished = Signal(int, str, str)  # exit code, stdout, stderr
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.process = QProcess(self)
+        self.process.finished.connect(self._finished)
+        self.process.errorOccurred.connect(self._failed)
+
+    @property
+    def running(self) -> bool:
+        return self.process.state() != QProcess.ProcessState.NotRunning
+
+    def start(self, args: list[str]) -> None:
+        env = QProcessEnvironment.systemEnvironment()
+        paths = [str(ROOT), env.value("PYTHONPATH", "")]
+        env.insert("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+        self.process.setProcessEnvironment(env)
+        self.process.start(sys.executable, args)
+
+    def wait(self, timeout_ms: int = 120_000) -> bool:
+        return self.process.waitForFinished(timeout_ms)
+
+    def _finished(self, code: int, _status) -> None:
+        out = bytes(self.process.readAllStandardOutput()).decode(errors="replace")
+        err = bytes(self.process.readAllStandardError()).decode(errors="replace")
+        self.finished.emit(code, out, err)
+
+    def _failed(self, error) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.finished.emit(-1, "", f"Python could not be started: {self.process.errorString()}")
+
+
+class ModelCheck(QObject):
+    """Checks a model folder with engine/checkpoint.py in a child process."""
+
+    checked = Signal(str, str)  # the model folder's root ("" when broken), the sentence ("" = ok)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.task = PythonTask(self)
+        self.task.finished.connect(self._finished)
+
+    def check(self, folder: str) -> None:
+        self.task.start(["-c", _VALIDATE, folder])
+
+    def _finished(self, code: int, out: str, err: str) -> None:
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+            self.checked.emit(result["root"], result["message"])
+        except (ValueError, IndexError, KeyError):
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
+            self.checked.emit("", f"The model folder could not be checked: {last}")
+
+
+class DemoWriter(QObject):
+    """Writes the tiny random demo model (`python -m engine.tiny`) into the app's data folder."""
+
+    written = Signal(str, str)  # the folder ("" on failure), a sentence
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.task = PythonTask(self)
+        self.task.finished.connect(self._finished)
+        self.folder = demo_folder()
+
+    def write(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder) if folder else demo_folder()
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.task.start(["-m", "engine.tiny", str(self.folder)])
+
+    def _finished(self, code: int, _out: str, err: str) -> None:
+        if code == 0 and (self.folder / "config.json").is_file():
+            self.written.emit(str(self.folder), DEMO_NOTE)
+        else:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
+            self.written.emit("", f"The demo model could not be written: {last}")
