@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -231,3 +232,24 @@ def test_meter_estimates_rate_and_time_left(monkeypatch):
         meter.add(100)  # 100 bytes a second
     assert reports[-1].rate == pytest.approx(100)
     assert reports[-1].seconds_left == pytest.approx(6)
+
+
+def test_download_command_prints_progress_and_the_next_step(hub, tmp_path, capsys):
+    from engine.cli import main as cli
+
+    assert cli(["download", "--dir", str(tmp_path / "model"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-2]["stage"] == "downloading" and lines[-2]["done"] == lines[-2]["total"]
+    assert lines[-1]["folder"] == str(tmp_path / "model") and "quantize" in lines[-1]["next"]
+    assert cli(["download", "--dir", str(tmp_path / "model"), "--offline"]) == 0
+    assert "python main.py quantize" in capsys.readouterr().out
+
+
+def test_download_command_failures_are_one_sentence(hub, tmp_path, capsys, monkeypatch):
+    from engine.cli import main as cli
+
+    assert cli(["download", "--variant", "int3"]) == 2
+    assert "The model variant must be one of bf16, fp8" in capsys.readouterr().err
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert cli(["download", "--dir", str(tmp_path / "model")]) == 1
+    assert "error: Cannot reach http://127.0.0.1:9" in capsys.readouterr().err
