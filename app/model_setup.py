@@ -142,3 +142,13 @@ class DemoWriter(QObject):
         else:
             last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
             self.written.emit("", f"The demo model could not be written: {last}")
+
+
+def reload_model(client, settings) -> str:
+    """Load the settings' model on their device, ahead of the queued jobs, which wait for it.
+
+    Its LoadProgress shows in the job list like any job's progress; returns its job id."""
+    from engine.protocol import LoadModel, new_job_id
+
+    request = LoadModel(new_job_id(), settings.model_folder, settings.device)
+    return client.submit(request, front=True)

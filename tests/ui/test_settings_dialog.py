@@ -1,0 +1,45 @@
+"""SettingsDialog: OK stores and saves every value; changing the device asks for a reload, which
+goes ahead of the queued jobs."""
+
+from app.engine_client import EngineClient
+from app.model_setup import reload_model
+from app.settings import Settings
+from engine import protocol as p
+from tests.app.test_jobs import edit
+from ui.settings_dialog import SettingsDialog
+
+
+def test_ok_saves_and_a_new_device_reloads_ahead_of_the_queue(qtbot, tmp_path, monkeypatch):
+    path = tmp_path / "settings.json"
+    monkeypatch.setattr("app.settings.default_path", lambda: path)
+    settings = Settings(model_folder="/models/uni")
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    client = EngineClient()  # not started: jobs wait in its queue
+    client.submit(edit("a"))
+    client.submit(edit("b"))
+    dialog.reload_needed.connect(lambda: reload_model(client, settings))
+    themes = []
+    dialog.theme_changed.connect(themes.append)
+    dialog.device.setCurrentText("cpu")
+    dialog.theme.setCurrentText("light")
+    dialog.edit_cfg_text.setValue(5.5)
+    dialog.vram.setCurrentIndex(dialog.vram.findData("low"))
+    dialog.accept()
+    saved = Settings.load(path)
+    assert (saved.device, saved.theme, saved.edit_cfg_text, saved.vram_preset) == (
+        "cpu", "light", 5.5, "low")  # fmt: skip
+    assert settings == saved and themes == ["light"]
+    first, *rest = client.queued
+    assert isinstance(first, p.LoadModel) and (first.folder, first.device) == ("/models/uni", "cpu")
+    assert [r.job_id for r in rest] == ["a", "b"]
+
+
+def test_cancel_changes_nothing(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr("app.settings.default_path", lambda: tmp_path / "settings.json")
+    settings = Settings()
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    dialog.brush_size.setValue(99)
+    dialog.reject()
+    assert settings == Settings() and not (tmp_path / "settings.json").exists()
