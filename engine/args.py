@@ -77,14 +77,15 @@ class Rule:
         words = f" ({self.note})" if self.note else ""
         match self.kind:
             case "int" | "float":
-                noun = "a whole number" if self.kind == "int" else "a number"
+                noun = "a whole number " if self.kind == "int" else "a number "
+                noun = "" if self.unit else noun  # "between 256 and 1024 px" says enough
                 low, high = _num(self.low), _num(self.high)
                 if self.above:
                     span = f"above {low}{unit} and at most {high}{unit}"
                 else:
                     span = f"between {low} and {high}{unit}"
                 steps = f" in steps of {self.step}{unit}" if self.step else ""
-                return f"{noun} {span}{steps}{words}"
+                return f"{noun}{span}{steps}{words}"
             case "bool":
                 return "on or off"
             case "choice":
@@ -288,6 +289,14 @@ def _check_cuda(spec: str, need_bytes: int | None) -> None:
                 f"{spec} has {free / 2**30:.1f} GiB free, and the model needs about "
                 f"{need_bytes / 2**30:.1f} GiB; close other programs on it or use a smaller preset."
             )
+
+
+def weights_bytes(folder: Path) -> int | None:
+    """The backbone's bytes as stored (its safetensors shards in `folder`), or None if unknown."""
+    try:
+        return sum(p.stat().st_size for p in folder.glob("*.safetensors")) or None
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------------------- the table

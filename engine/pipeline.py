@@ -14,20 +14,24 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from engine import masking, text, vision
+from engine import args, masking, text, vision
+from engine.args import NO_INSTRUCTION, NO_PROMPT, NO_QUESTION, THRESHOLD_OFF
 from engine.backbone import Backbone, load_backbone
 from engine.checkpoint import find_model_folder, validate_model_folder
-from engine.decoder import ImageDecoder
 from engine.errors import BadInput
-from engine.sampler import StepReport, cfg, cfg_edit, denoise, generate_text
+from engine.sampler import Sampling, StepReport, cfg, cfg_edit, denoise, generate_text
 from engine.text import ImageCodes, TextTokenizer
 from engine.token_preview import TokenPalette
+
+if TYPE_CHECKING:  # the decoder module imports diffusers: only when an image is decoded
+    from engine.decoder import ImageDecoder
 
 OnProgress = Callable[[str, int, int], None]  # (stage, step, total)
 OnText = Callable[[str], None]
@@ -36,8 +40,6 @@ OnPreview = Callable[[np.ndarray], None]  # [h, w, 3] uint8, a small picture of 
 STAGE_LOAD, STAGE_ENCODE, STAGE_THINK = "load model", "encode image", "thinking"
 STAGE_DENOISE, STAGE_DECODE, STAGE_COMPOSITE = "denoise tokens", "decode", "composite"
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 32
-NO_PROMPT = "Type a prompt that describes the image to make."
-NO_INSTRUCTION = "Type an instruction that says how to edit the image."
 CODE_CACHE_IMAGES = 64  # images whose VQ codes stay cached (a few KB each), for chats and edits
 
 
@@ -71,16 +73,85 @@ class Defaults:
     understand_steps: int = 32
     understand_length: int = 2048
     block_length: int = 32
+    # Threshold acceptance, as the official loop runs it: every drawn token above the threshold
+    # commits at once. THRESHOLD_OFF (1.0) commits a fixed number of tokens per step.
     threshold: float = 0.95
+    # The KV cache of completed blocks: exact, ours (the official loop re-runs the whole prefix
+    # each step). The official baseline is threshold 0.95 without the cache.
+    use_cache: bool = True
+    temperature: float = 0.0  # the official default; 0 takes the most likely token
     cfg_rescale: float = 0.0  # sglang-omni uses 0.7; the Uni-derived LLaDA-Image copy uses none
     decoder_turbo: bool = True
-    # Exact or near-exact speed-ups: the KV cache of completed blocks (exact) and threshold
-    # acceptance (commits every token above `threshold` at once). False runs the plain official
-    # baseline: the whole prefix every step, a fixed number of tokens per step.
-    accelerate: bool = True
+    decoder_steps: int | None = None  # None: the decoder's own (turbo 8, normal 50)
+    resolution_multiplier: int = 2  # output px per token = 16 x this (official 2)
     # Image tokens are drawn from the 16384 VQ ids only, masked after CFG as sglang-omni does
     # (facts §3.9; unconfirmed for the official code, whose LLaDA-Image copy does not mask).
     image_only_vocab: bool = True
+
+    def official_baseline(self) -> Defaults:
+        """The loop exactly as the official code runs it: threshold 0.95 and no KV cache."""
+        return replace(self, threshold=0.95, use_cache=False)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How one denoising loop runs, from a request's values or else the defaults, checked."""
+
+    steps: int
+    block_length: int
+    threshold: float  # THRESHOLD_OFF: a fixed number of tokens per step
+    use_cache: bool
+    temperature: float
+
+    def sampler_options(self) -> dict:
+        threshold = None if self.threshold >= THRESHOLD_OFF else self.threshold
+        return {
+            "steps": self.steps,
+            "block_length": self.block_length,
+            "threshold": threshold,
+            "use_cache": self.use_cache,
+            "sampling": Sampling(temperature=self.temperature),
+        }
+
+    def metadata(self, prefix: str = "") -> dict:
+        threshold = "off" if self.threshold >= THRESHOLD_OFF else self.threshold
+        return {
+            f"{prefix}steps": self.steps,
+            "block_length": self.block_length,
+            "threshold": threshold,
+            "use_cache": self.use_cache,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How image tokens become pixels: which decoder, its steps, and px per token / 16."""
+
+    turbo: bool
+    steps: int | None  # None: the decoder's own (turbo 8, normal 50)
+    resolution_multiplier: int
+
+    def metadata(self) -> dict:
+        return {
+            "decoder": "turbo" if self.turbo else "normal",
+            "decoder_steps": self.steps if self.steps is not None else (8 if self.turbo else 50),
+            "resolution_multiplier": self.resolution_multiplier,
+        }
+
+
+# Metadata keys that measure a run rather than set it; every other key is a parameter (or names
+# the model and app), equal for two runs that should give the same result.
+MEASURED_KEYS = ("elapsed_s",)
+
+
+def parameters(metadata: dict[str, str]) -> dict[str, str]:
+    """A result's parameters: its metadata without the measured keys (the wall time)."""
+    return {k: v for k, v in metadata.items() if k not in MEASURED_KEYS}
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def app_version() -> str:
@@ -136,6 +207,8 @@ class Pipeline:
         return self.image_tokenizer
 
     def _decoder(self, turbo: bool) -> ImageDecoder:
+        from engine.decoder import ImageDecoder  # diffusers: a text-only task never loads it
+
         if self.decoder is None or self.decoder.turbo != turbo:
             part = "decoder_turbo" if turbo else "decoder"
             validate_model_folder(self.root, parts=(part, "vae"))
@@ -189,12 +262,27 @@ class Pipeline:
         self._codes.move_to_end(key)
         return ImageCodes(self._codes[key].numpy())
 
-    def _speed(self) -> dict:
+    def _loop(self, steps, default_steps, block_length, threshold, use_cache, temperature) -> Loop:
+        """The request's loop values, or else the defaults, each checked against engine/args.py."""
         d = self.defaults
-        return {"threshold": d.threshold if d.accelerate else None, "use_cache": d.accelerate}
+        loop = Loop(
+            steps=_given(steps, default_steps),
+            block_length=_given(block_length, d.block_length),
+            threshold=_given(threshold, d.threshold),
+            use_cache=_given(use_cache, d.use_cache),
+            temperature=_given(temperature, d.temperature),
+        )
+        for name in ("steps", "block_length", "threshold", "use_cache", "temperature"):
+            args.check(name, getattr(loop, name))
+        if loop.steps > loop.block_length:
+            raise BadInput(
+                f"The steps per block ({loop.steps}) cannot be more than the block length "
+                f"({loop.block_length}); each step commits at least one token."
+            )
+        return loop
 
     def _denoise_image(
-        self, prompts, init, *, grid, steps, guidance, seed, on_progress, on_preview
+        self, prompts, init, *, grid, loop: Loop, guidance, seed, on_progress, on_preview
     ) -> torch.Tensor:
         c, d = self.backbone.config, self.defaults
         generator = torch.Generator(self.device).manual_seed(seed)
@@ -206,13 +294,11 @@ class Pipeline:
             prompts,
             init,
             mask_id=self.tokenizer.mask_id,
-            block_length=d.block_length,
-            steps=steps,
             guidance=guidance,
             allowed_vocab=(c.image_token_offset, c.vocab_size) if d.image_only_vocab else None,
             generator=generator,
             on_step=on_step,
-            **self._speed(),
+            **loop.sampler_options(),
         )
 
     def _token_preview(self, grid: tuple[int, int], on_preview: OnPreview):
@@ -227,7 +313,7 @@ class Pipeline:
 
         return on_step
 
-    def _write_text(self, ids, length, steps, seed, stop_ids, on_step) -> list[int]:
+    def _write_text(self, ids, length, loop: Loop, seed, stop_ids, on_step) -> list[int]:
         """The text loop (§5.1) on the full vocabulary, up to EOS or a stop id."""
         with torch.inference_mode():
             return generate_text(
@@ -236,23 +322,42 @@ class Pipeline:
                 mask_id=self.tokenizer.mask_id,
                 eos_id=self.tokenizer.eos_id,
                 gen_length=length,
-                block_length=self.defaults.block_length,
-                steps=steps,
                 stop_ids=stop_ids,
                 generator=torch.Generator(self.device).manual_seed(seed),
                 on_step=on_step,
-                **self._speed(),
+                **loop.sampler_options(),
             )
 
-    def _decode(self, codes, seed: int, on_progress, turbo: bool, on_preview) -> np.ndarray:
-        decoder = self._decoder(turbo)
+    def _decoding(self, turbo, decoder_steps, resolution_multiplier) -> Decoding:
+        d = self.defaults
+        decoding = Decoding(
+            turbo=_given(turbo, d.decoder_turbo),
+            steps=_given(decoder_steps, d.decoder_steps),
+            resolution_multiplier=_given(resolution_multiplier, d.resolution_multiplier),
+        )
+        args.check("turbo", decoding.turbo)
+        args.check("decoder_steps", decoding.steps)
+        args.check("resolution_multiplier", decoding.resolution_multiplier)
+        return decoding
+
+    def _decode(self, codes, seed: int, on_progress, decoding: Decoding, on_preview) -> np.ndarray:
+        decoder = self._decoder(decoding.turbo)
 
         def on_step(step: int, total: int) -> None:
             _report(on_progress, STAGE_DECODE, step, total)
 
-        return decoder.decode(codes, seed=seed, on_step=on_step, on_preview=on_preview)
+        return decoder.decode(
+            codes,
+            seed=seed,
+            steps=decoding.steps,
+            resolution_multiplier=decoding.resolution_multiplier,
+            on_step=on_step,
+            on_preview=on_preview,
+        )
 
     def _metadata(self, task: str, seed: int, started: float, **fields) -> dict[str, str]:
+        """Every parameter of the result, then the model and app, then the wall time apart
+        (MEASURED_KEYS), so two runs can be compared by `parameters(metadata)`."""
         meta = {
             "task": task,
             "seed": seed,
@@ -260,7 +365,7 @@ class Pipeline:
             "model": str(self.root),
             "model revision": self.revision or "unknown",
             "app version": app_version(),
-            "seconds": round(time.perf_counter() - started, 2),
+            "elapsed_s": round(time.perf_counter() - started, 2),
         }
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
@@ -276,13 +381,25 @@ class Pipeline:
         thinking: bool = False,
         steps: int | None = None,
         cfg_scale: float | None = None,
+        cfg_rescale: float | None = None,
         turbo: bool | None = None,
+        decoder_steps: int | None = None,
+        resolution_multiplier: int | None = None,
+        thinking_steps: int | None = None,
+        thinking_length: int | None = None,
+        block_length: int | None = None,
+        threshold: float | None = None,
+        use_cache: bool | None = None,
+        temperature: float | None = None,
         on_progress: OnProgress | None = None,
         on_preview: OnPreview | None = None,
         on_text: OnText | None = None,
     ) -> ImageOutput:
         """Text to image; in thinking mode the model first writes its reasoning (streamed).
 
+        `width` and `height` set the token grid, one token per 32 px as the official code does;
+        the decoder paints 16 x `resolution_multiplier` px per token, so the image has the asked
+        size at the official multiplier 2. None takes the official default (`Defaults`).
         `on_preview` gets a small picture before each step's progress: the committed image tokens
         in false colour while they denoise (engine/token_preview.py), then each decoder step's
         predicted image.
@@ -291,39 +408,40 @@ class Pipeline:
         prompt = need_text(prompt, NO_PROMPT)
         check_size(width, height)
         d = self.defaults
-        steps = steps or d.t2i_steps
-        scale = d.t2i_cfg if cfg_scale is None else cfg_scale
-        h, w = height // 32, width // 32  # one token per 32 output px (16 px x decoder 2)
+        _check(seed=seed, thinking=thinking, cfg_scale=cfg_scale, cfg_rescale=cfg_rescale)
+        loop = self._loop(steps, d.t2i_steps, block_length, threshold, use_cache, temperature)
+        decoding = self._decoding(turbo, decoder_steps, resolution_multiplier)
+        scale = _given(cfg_scale, d.t2i_cfg)
+        rescale = _given(cfg_rescale, d.cfg_rescale)
+        h, w = height // 32, width // 32
         uncond = self.tokenizer.encode(text.text_to_image_uncond(h, w))
-        thought = None
+        thought, think = None, {}
         if thinking:
-            thought, cond = self._think(prompt, h, w, seed, on_progress, on_text)
+            think_loop = replace(loop, steps=_given(thinking_steps, d.thinking_steps))
+            length = _given(thinking_length, d.thinking_length)
+            _check(thinking_steps=think_loop.steps, thinking_length=length)
+            thought, cond = self._think(
+                prompt, (h, w), length, think_loop, seed, on_progress, on_text
+            )
+            think = {"thinking_steps": think_loop.steps, "thinking_length": length}
         else:
             cond = self.tokenizer.encode(text.text_to_image(prompt, h, w))
         self._check_context(len(cond) + h * w)
         init = torch.full((h * w,), self.tokenizer.mask_id, dtype=torch.long)
-        prompts, guidance = (
-            ([cond, uncond], cfg(scale, d.cfg_rescale))
-            if scale != 1
-            else (
-                [cond],
-                None,
-            )
-        )
+        prompts, guidance = ([cond, uncond], cfg(scale, rescale)) if scale != 1 else ([cond], None)
         with torch.inference_mode():
             tokens = self._denoise_image(
                 prompts,
                 init,
                 grid=(h, w),
-                steps=steps,
+                loop=loop,
                 guidance=guidance,
                 seed=seed,
                 on_progress=on_progress,
                 on_preview=on_preview,
             )
         codes = (tokens - self.backbone.config.image_token_offset).view(h, w)
-        turbo = d.decoder_turbo if turbo is None else turbo
-        image = self._decode(codes, seed, on_progress, turbo, on_preview)
+        image = self._decode(codes, seed, on_progress, decoding, on_preview)
         meta = self._metadata(
             "generate",
             seed,
@@ -332,25 +450,28 @@ class Pipeline:
             width=width,
             height=height,
             grid=[h, w],
-            steps=steps,
             cfg_scale=scale,
+            cfg_rescale=rescale,
             thinking=thinking,
-            decoder="turbo" if turbo else "normal",
+            **think,
+            **loop.metadata(),
+            **decoding.metadata(),
+            image_only_vocab=d.image_only_vocab,
         )
         return ImageOutput(image, meta, thought, codes.numpy())
 
-    def _think(self, prompt, h, w, seed, on_progress, on_text) -> tuple[str, list[int]]:
+    def _think(self, prompt, grid, length, loop, seed, on_progress, on_text):
         """Phase 1: thinking text until <boi>. The model's own image header is replaced by one
         for the requested grid, so the image has the size the user asked for."""
-        d = self.defaults
+        h, w = grid
         ids = self.tokenizer.encode(text.thinking(prompt))
         room = self.backbone.config.max_position_embeddings - len(ids) - h * w - 8
-        length = min(d.thinking_length, room)
-        if length < d.block_length:
+        length = min(length, room)
+        if length < loop.block_length:
             raise BadInput("The prompt is too long for thinking mode; shorten it.")
         streamer = TextStreamer(self.tokenizer, on_text)
         out = self._write_text(
-            ids, length, d.thinking_steps, seed, [self.tokenizer.begin_image_id],
+            ids, length, loop, seed, [self.tokenizer.begin_image_id],
             _both(_stage_steps(on_progress, STAGE_THINK), streamer.update),
         )  # fmt: skip
         start_id = self.tokenizer.token_id(text.IMAGE_START)
@@ -370,7 +491,14 @@ class Pipeline:
         steps: int | None = None,
         cfg_text_scale: float | None = None,
         cfg_image_scale: float | None = None,
+        cfg_rescale: float | None = None,
         turbo: bool | None = None,
+        decoder_steps: int | None = None,
+        resolution_multiplier: int | None = None,
+        block_length: int | None = None,
+        threshold: float | None = None,
+        use_cache: bool | None = None,
+        temperature: float | None = None,
         on_progress: OnProgress | None = None,
         on_preview: OnPreview | None = None,
     ) -> ImageOutput:
@@ -380,6 +508,10 @@ class Pipeline:
         instruction = need_text(instruction, NO_INSTRUCTION)
         image = check_image(image)
         c, d = self.backbone.config, self.defaults
+        _check(seed=seed, cfg_text_scale=cfg_text_scale, cfg_image_scale=cfg_image_scale)
+        _check(cfg_rescale=cfg_rescale)
+        loop = self._loop(steps, d.edit_steps, block_length, threshold, use_cache, temperature)
+        decoding = self._decoding(turbo, decoder_steps, resolution_multiplier)
         full = (
             np.zeros(image.shape[:2], bool)
             if mask is None
@@ -392,28 +524,27 @@ class Pipeline:
         repaint = np.ones((gh, gw), bool) if plan.is_global else masking.token_mask(full, plan)
         init = torch.from_numpy(source.codes.astype(np.int64) + c.image_token_offset).view(-1)
         init[torch.from_numpy(repaint).view(-1)] = self.tokenizer.mask_id
-        ts = d.edit_cfg_text if cfg_text_scale is None else cfg_text_scale
-        si = d.edit_cfg_image if cfg_image_scale is None else cfg_image_scale
+        ts = _given(cfg_text_scale, d.edit_cfg_text)
+        si = _given(cfg_image_scale, d.edit_cfg_image)
+        rescale = _given(cfg_rescale, d.cfg_rescale)
         prompts = [self.tokenizer.encode(text.edit(source, instruction))]
         prompts.append(self.tokenizer.encode(text.edit_no_text(source)))
         if si:
             prompts.append(self.tokenizer.encode(text.edit_no_image(instruction, gh, gw)))
         self._check_context(len(prompts[0]) + gh * gw)
-        steps = steps or d.edit_steps
         with torch.inference_mode():
             tokens = self._denoise_image(
                 prompts,
                 init,
-                steps=steps,
+                loop=loop,
                 grid=(gh, gw),
-                guidance=cfg_edit(ts, si, d.cfg_rescale),
+                guidance=cfg_edit(ts, si, rescale),
                 seed=seed,
                 on_progress=on_progress,
                 on_preview=on_preview,
             )
         codes = tokens.view(gh, gw) - c.image_token_offset
-        turbo = d.decoder_turbo if turbo is None else turbo
-        generated = self._decode(codes, seed, on_progress, turbo, on_preview)
+        generated = self._decode(codes, seed, on_progress, decoding, on_preview)
         _report(on_progress, STAGE_COMPOSITE, 0, 1)
         result = masking.composite(image, generated, plan, full)
         _report(on_progress, STAGE_COMPOSITE, 1, 1)
@@ -429,10 +560,12 @@ class Pipeline:
             bucket=list(plan.bucket),
             grid=[gh, gw],
             repainted_tokens=int(repaint.sum()),
-            steps=steps,
             cfg_text_scale=ts,
             cfg_image_scale=si,
-            decoder="turbo" if turbo else "normal",
+            cfg_rescale=rescale,
+            **loop.metadata(),
+            **decoding.metadata(),
+            image_only_vocab=d.image_only_vocab,
         )
         return ImageOutput(result, meta, codes=codes.numpy())
 
@@ -444,26 +577,36 @@ class Pipeline:
         mask: np.ndarray | None = None,
         steps: int | None = None,
         gen_length: int | None = None,
+        block_length: int | None = None,
+        threshold: float | None = None,
+        use_cache: bool | None = None,
+        temperature: float | None = None,
         on_progress: OnProgress | None = None,
         on_text: OnText | None = None,
     ) -> str:
         """Answer the last user turn of a chat about images; the answer streams to `on_text`.
 
         With `mask`, the last user turn's first image is replaced by the masked region's crop.
+        `gen_length` is the request's max_tokens; None takes the official default (`Defaults`).
         """
         if not turns or turns[-1].role != "user":
             raise BadInput("The chat must end with a question from the user.")
         if not turns[-1].text.strip() and not turns[-1].images:
-            raise BadInput("Type a question, or add an image to ask about.")
-        ids = self.chat_ids(turns, mask, on_progress)
+            raise BadInput(NO_QUESTION)
         d = self.defaults
+        _check(seed=seed, max_tokens=gen_length)
+        loop = self._loop(
+            steps, d.understand_steps, block_length, threshold, use_cache, temperature
+        )
+        ids = self.chat_ids(turns, mask, on_progress)
+        B = loop.block_length
         room = self.backbone.config.max_position_embeddings - len(ids)
-        length = min(gen_length or d.understand_length, room - room % d.block_length)
-        if length < d.block_length:
+        length = min(_given(gen_length, d.understand_length), room - room % B)
+        if length < min(B, _given(gen_length, B)):
             raise BadInput("The chat is too long for the model's context; start a new chat.")
         streamer = TextStreamer(self.tokenizer, on_text)
         out = self._write_text(
-            ids, length, steps or d.understand_steps, seed, [],
+            ids, length, loop, seed, [],
             _both(_stage_steps(on_progress, STAGE_DENOISE), streamer.update),
         )  # fmt: skip
         answer = self.tokenizer.decode(out)
@@ -518,12 +661,10 @@ class TextStreamer:
 
 def check_size(width: int, height: int) -> None:
     """256..1024 px per side in steps of 32 (which also bounds the aspect ratio at 4:1)."""
-    for side, name in ((width, "width"), (height, "height")):
-        if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_STEP:
-            raise BadInput(
-                f"The {name} must be between {MIN_SIDE} and {MAX_SIDE} px in steps of "
-                f"{SIDE_STEP} px, not {side}."
-            )
+    for name, side in (("width", width), ("height", height)):
+        if side is None:
+            raise args.RULES[name].refuse(side)
+        args.check(name, side)
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -553,6 +694,11 @@ def _with_region(turns: list[Turn], mask: np.ndarray | None) -> list[Turn]:
         raise BadInput("The mask covers nothing; paint the region to ask about.")
     crop = masking.region_crop(last.images[0], region)
     return [*turns[:-1], Turn(last.role, last.text, (crop, *last.images[1:]))]
+
+
+def _check(**values) -> None:
+    for name, value in values.items():
+        args.check(name, value)
 
 
 def _report(on_progress: OnProgress | None, stage: str, step: int, total: int) -> None:

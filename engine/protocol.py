@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-VERSION = 1  # bump on any change to a message or the framing; both sides must agree
+VERSION = 2  # bump on any change to a message or the framing; both sides must agree
 MAGIC = b"LLDS"
 _PREFIX = struct.Struct("<4sI")
 MAX_HEADER_BYTES = 16 << 20
@@ -62,6 +62,11 @@ class Understand:
     mask: np.ndarray | None = None  # [H, W] bool over the last image: ask about this region
     steps: int | None = None  # denoising steps per block; None: the official 32
     max_tokens: int | None = None  # answer length limit; None: the official 2048
+    # The loop (engine/args.py has each range; None: engine/pipeline.py Defaults)
+    block_length: int | None = None  # None: the official 32
+    threshold: float | None = None  # None: the official 0.95; 1.0: a fixed count per step
+    use_cache: bool | None = None  # KV cache of completed blocks (exact); None: on
+    temperature: float | None = None  # None: the official 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,15 @@ class Generate:
     steps: int | None = None  # None: the official default
     cfg_scale: float | None = None
     turbo: bool | None = None  # decoder-turbo (8 steps) or the normal decoder; None: turbo
+    cfg_rescale: float | None = None  # 0..1; None: 0 (none)
+    decoder_steps: int | None = None  # None: the decoder's own (turbo 8, normal 50)
+    resolution_multiplier: int | None = None  # px per token / 16, 1..4; None: the official 2
+    thinking_steps: int | None = None  # None: the official 32
+    thinking_length: int | None = None  # the most thinking tokens; None: the official 4096
+    block_length: int | None = None
+    threshold: float | None = None
+    use_cache: bool | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,13 @@ class Edit:
     cfg_text_scale: float | None = None
     cfg_image_scale: float | None = None
     turbo: bool | None = None
+    cfg_rescale: float | None = None
+    decoder_steps: int | None = None
+    resolution_multiplier: int | None = None
+    block_length: int | None = None
+    threshold: float | None = None
+    use_cache: bool | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)

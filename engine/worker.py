@@ -7,11 +7,13 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from engine import args
 from engine.errors import BadInput, Cancelled, StudioError
 from engine.protocol import (
     Cancel,
@@ -139,21 +141,17 @@ class Worker:
         job_id = request.job_id
         match request:
             case LoadModel():
+                args.check_device(request.device, args.weights_bytes(Path(request.folder)))
                 self._unload()
                 on_load = self._on_progress(job_id, LoadProgress)
                 self._pipeline = self._factory(request, on_load)
             case Unload():
                 self._unload()
             case Generate():
+                # the pipeline checks each value against engine/args.py, as the CLI does
                 out = self._loaded().generate(
                     request.prompt,
-                    width=request.width,
-                    height=request.height,
-                    seed=request.seed,
-                    thinking=request.thinking,
-                    steps=request.steps,
-                    cfg_scale=request.cfg_scale,
-                    turbo=request.turbo,
+                    **_options(request, "prompt"),
                     on_progress=self._on_progress(job_id),
                     on_preview=self._on_preview,
                     on_text=self._on_text(job_id),
@@ -166,12 +164,7 @@ class Worker:
                 out = self._loaded().edit(
                     request.image,
                     request.instruction,
-                    mask=request.mask,
-                    seed=request.seed,
-                    steps=request.steps,
-                    cfg_text_scale=request.cfg_text_scale,
-                    cfg_image_scale=request.cfg_image_scale,
-                    turbo=request.turbo,
+                    **_options(request, "image", "instruction"),
                     on_progress=self._on_progress(job_id),
                     on_preview=self._on_preview,
                 )
@@ -181,9 +174,7 @@ class Worker:
                 turns = _pipeline_turns(pipeline, request.turns)  # the pipeline checks the mask
                 text = pipeline.understand(
                     turns,
-                    seed=request.seed,
-                    mask=request.mask,
-                    steps=request.steps,
+                    **_options(request, "turns", "max_tokens"),
                     gen_length=request.max_tokens,
                     on_progress=self._on_progress(job_id),
                     on_text=self._on_text(job_id),
@@ -227,6 +218,13 @@ class Worker:
         device, memory = details.get("device", ""), details.get("memory", "")
         loaded = details.get("loaded", "")
         return StatusReport(job_id, device, memory, loaded, self._running, details)
+
+
+def _options(request: Request, *passed: str) -> dict[str, Any]:
+    """The request's fields as the pipeline's keywords (same names), but the job id and those
+    passed another way."""
+    skip = {"job_id", *passed}
+    return {f.name: getattr(request, f.name) for f in fields(request) if f.name not in skip}
 
 
 def _pipeline_turns(pipeline: PipelineLike, turns: tuple[ChatTurn, ...]) -> list[Any]:

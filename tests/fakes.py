@@ -43,8 +43,10 @@ class FakePipeline:
     calls: list[str] = field(default_factory=list)
 
     def generate(self, prompt, *, width=1024, height=1024, seed=0, thinking=False, steps=None,
-                 cfg_scale=None, turbo=None, on_progress=None, on_preview=None,
-                 on_text=None) -> FakeOutput:  # fmt: skip
+                 cfg_scale=None, cfg_rescale=None, turbo=None, decoder_steps=None,
+                 resolution_multiplier=None, thinking_steps=None, thinking_length=None,
+                 block_length=None, threshold=None, use_cache=None, temperature=None,
+                 on_progress=None, on_preview=None, on_text=None) -> FakeOutput:  # fmt: skip
         self.calls.append("generate")
         self._special(prompt)
         if thinking and on_text:
@@ -56,8 +58,9 @@ class FakePipeline:
         return FakeOutput(image, meta, f"Thinking about {prompt}." if thinking else None)
 
     def edit(self, image, instruction, *, mask=None, seed=0, steps=None, cfg_text_scale=None,
-             cfg_image_scale=None, turbo=None, on_progress=None,
-             on_preview=None) -> FakeOutput:  # fmt: skip
+             cfg_image_scale=None, cfg_rescale=None, turbo=None, decoder_steps=None,
+             resolution_multiplier=None, block_length=None, threshold=None, use_cache=None,
+             temperature=None, on_progress=None, on_preview=None) -> FakeOutput:  # fmt: skip
         self.calls.append("edit")
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8):
             raise BadInput("The image to edit is not a readable RGB picture.")
@@ -69,6 +72,7 @@ class FakePipeline:
         return FakeOutput(out, {"task": "edit", "instruction": instruction, "seed": str(seed)})
 
     def understand(self, turns, *, seed=0, mask=None, steps=None, gen_length=None,
+                   block_length=None, threshold=None, use_cache=None, temperature=None,
                    on_progress=None, on_text=None) -> str:  # fmt: skip
         self.calls.append("understand")
         self._special(turns[-1].text)

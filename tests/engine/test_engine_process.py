@@ -66,7 +66,7 @@ async def started(tmp_path: Path, model: Path | None, **options) -> EngineClient
 
 
 def without_time(metadata: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in metadata.items() if k != "seconds"}
+    return {k: v for k, v in metadata.items() if k != "elapsed_s"}
 
 
 def ended(client, job_id):

@@ -205,7 +205,7 @@ def test_previews_arrive_before_each_decode_step(pipeline):
         on_preview=lambda image: events.append(("preview", image.shape)),
         on_progress=lambda stage, step, total: events.append((stage, step)),
     )
-    decode = [e for e in events if e[0] in ("preview", "decode")]
+    decode = events[events.index(("decode", 1)) - 1 :]  # token previews come before
     assert decode[:2] == [("preview", (32, 32, 3)), ("decode", 1)]  # 1/8 of the pixels
     assert len([e for e in decode if e[0] == "preview"]) == 8
 
@@ -225,3 +225,84 @@ def test_image_codes_are_cached_but_bounded(pipeline, monkeypatch):
     pipeline.tokenize(images[0], lambda stage, *_: stages.append(stage))
     assert stages == ["encode image", "encode image"]  # evicted, so encoded anew
     assert pipeline.status()["memory"].endswith("GiB (process)")
+
+
+def test_decoder_steps_and_resolution_multiplier_reach_the_decoder(pipeline):
+    totals = set()
+    out = pipeline.generate(
+        "a fox", width=256, height=256, steps=2, decoder_steps=3, resolution_multiplier=1,
+        on_progress=lambda stage, step, total: totals.add((stage, total)),
+    )  # fmt: skip
+    assert ("decode", 3) in totals and not any(t[0] == "decode" and t[1] != 3 for t in totals)
+    assert out.image.shape == (128, 128, 3)  # 8x8 tokens at 16 px x 1
+    meta = out.metadata
+    assert meta["decoder_steps"] == "3" and meta["resolution_multiplier"] == "1"
+    edit = pipeline.edit(picture(), "make it blue", steps=2, decoder_steps=2, turbo=False)
+    assert edit.metadata["decoder"] == "normal" and edit.metadata["decoder_steps"] == "2"
+
+
+def test_thinking_length_and_steps_come_from_the_request(pipeline):
+    thinking = []
+    out = pipeline.generate(
+        "a fox", width=256, height=256, steps=2, thinking=True, thinking_steps=2,
+        thinking_length=32,
+        on_progress=lambda stage, step, total: thinking.append(total) if stage == "thinking" else 0,
+    )  # fmt: skip
+    # 32 tokens after the prompt's partial block span two blocks of 2 steps (the fixture's
+    # defaults, 64 tokens at 4 steps, would give 12)
+    assert thinking and set(thinking) == {4}
+    meta = out.metadata
+    assert meta["thinking_length"] == "32" and meta["thinking_steps"] == "2"
+
+
+def test_metadata_keeps_the_wall_time_apart_from_the_parameters(pipeline):
+    from engine.pipeline import MEASURED_KEYS, parameters
+
+    a = pipeline.generate("a fox", width=256, height=256, seed=2, steps=2, cfg_rescale=0.7)
+    b = pipeline.generate("a fox", width=256, height=256, seed=2, steps=2, cfg_rescale=0.7)
+    assert MEASURED_KEYS == ("elapsed_s",) and float(a.metadata["elapsed_s"]) > 0
+    assert parameters(a.metadata) == parameters(b.metadata)
+    assert "elapsed_s" not in parameters(a.metadata)
+    p = parameters(a.metadata)
+    assert p["cfg_rescale"] == "0.7" and p["threshold"] == "0.95" and p["use_cache"] == "true"
+    assert p["block_length"] == "32" and p["decoder"] == "turbo" and p["steps"] == "2"
+
+
+def test_cache_threshold_and_block_length_are_request_options(pipeline):
+    cached = pipeline.generate("a fox", width=256, height=256, seed=1, steps=2)
+    plain = pipeline.generate("a fox", width=256, height=256, seed=1, steps=2, use_cache=False)
+    assert np.array_equal(cached.codes, plain.codes)  # the cache is exact
+    assert plain.metadata["use_cache"] == "false"
+    off = pipeline.generate("a fox", width=256, height=256, steps=2, threshold=1.0)
+    assert off.metadata["threshold"] == "off"
+    chat = [Turn("user", "What is this?", (picture(),))]
+    a = pipeline.understand(chat, gen_length=32, steps=4, block_length=16)
+    b = pipeline.understand(chat, gen_length=32, steps=4, block_length=16, use_cache=False)
+    assert a == b
+
+
+def test_official_baseline_is_threshold_095_without_cache():
+    from engine.pipeline import Defaults
+
+    baseline = Defaults().official_baseline()
+    assert baseline.threshold == 0.95 and baseline.use_cache is False
+    assert Defaults().threshold == 0.95 and Defaults().use_cache is True
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"steps": 0}, "The steps per block must be a whole number between 1 and 1024, not 0."),
+        ({"steps": 40}, "cannot be more than the block length (32)"),
+        ({"threshold": 0.0}, "The threshold must be"),
+        ({"decoder_steps": 0}, "The decoder steps"),
+        ({"resolution_multiplier": 8}, "The resolution multiplier"),
+        ({"cfg_rescale": 2.0}, "The CFG rescale"),
+        ({"thinking": True, "thinking_length": 0}, "The thinking length"),
+        ({"seed": -5}, "The seed"),
+    ],
+)
+def test_bad_parameters_get_the_sentence_of_the_rule_table(pipeline, options, words):
+    with pytest.raises(BadInput) as caught:
+        pipeline.generate("a fox", width=256, height=256, **options)
+    assert words in str(caught.value)
