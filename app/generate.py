@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from PySide6.QtCore import QObject, Signal
 
@@ -149,8 +149,6 @@ class GenerateForm(QObject):
             decoder_steps=a.decoder_steps or None,
             thinking_length=a.thinking_length,
         )
-        known = {f.name for f in fields(Generate)}
-        values = {k: v for k, v in values.items() if k in known}  # fields the engine takes
         return [
             Generate(new_job_id(), seed=(self.seed + i) % (MAX_SEED + 1), **values)
             for i in range(self.count)
@@ -213,4 +211,7 @@ def _advanced_from(metadata: dict[str, str], advanced: Advanced) -> Advanced:
         values["turbo"] = metadata["turbo"].lower() in ("true", "1", "yes")
     elif "decoder" in metadata:
         values["turbo"] = "turbo" in metadata["decoder"]
-    return replace(advanced, **values)
+    restored = replace(advanced, **values)
+    if restored.decoder_steps == (8 if restored.turbo else 50):  # the engine writes its default
+        restored = replace(restored, decoder_steps=0)  # keep "default", so a decoder switch works
+    return restored

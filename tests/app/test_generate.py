@@ -52,6 +52,11 @@ def test_an_unlocked_seed_changes_after_each_run_and_advanced_defaults_are_offic
     form.generate()
     assert sent[0].seed == 7 and sent[0].steps == 8 and sent[0].cfg_scale == 2.0
     assert sent[0].turbo is True and form.advanced == Advanced()
+    assert (sent[0].cfg_rescale, sent[0].decoder_steps, sent[0].thinking_length) == (
+        0.0,
+        None,
+        4096,
+    )
     form.seed = 7  # a random draw may repeat; force the comparison to mean something
     form.generate()
     assert sent[1].seed == 7
@@ -80,9 +85,11 @@ def test_restore_puts_a_made_images_parameters_back():
     form = GenerateForm(lambda r: None)
     metadata = {"task": "generate", "prompt": "a boat", "seed": "99", "width": "768",
                 "height": "1024", "steps": "12", "cfg_scale": "3.5", "thinking": "true",
-                "decoder": "normal", "seconds": "1.2"}  # fmt: skip
+                "decoder": "normal", "decoder_steps": "50", "cfg_rescale": "0.7",
+                "elapsed_s": "1.2"}  # fmt: skip
     assert form.restore(metadata)
     assert (form.prompt, form.seed, form.seed_locked) == ("a boat", 99, True)
     assert (form.width, form.height, form.preset, form.thinking) == (768, 1024, "3:4", True)
     assert (form.advanced.steps, form.advanced.cfg_scale, form.advanced.turbo) == (12, 3.5, False)
+    assert (form.advanced.cfg_rescale, form.advanced.decoder_steps) == (0.7, 0)  # 50: default
     assert not form.restore({"task": "edit", "instruction": "x"})
