@@ -408,6 +408,11 @@ def _stored_shapes(root: Path, expected: dict, tensors: dict[str, TensorInfo]) -
             else:
                 stored[name] = shape
         return stored
+    if any(name.endswith(".qweight") for name in tensors):
+        raise BadCheckpoint(
+            f"{root} holds quantized weights but no {quant.MANIFEST}, so it is an unfinished "
+            "quantized folder; quantize the model again."
+        )
     scales = {}
     for name, info in tensors.items():
         base = name.removesuffix(quant.FP8_SCALE_SUFFIX)

@@ -475,7 +475,7 @@ def load_backbone(
         quantize_structure(model, BITS[precision], group)
     model.to_empty(device=device)
     model.inv_freq = rope_frequencies(config).to(device)
-    loader = _StreamLoader(model, config.num_experts, BITS.get(precision), group)
+    loader = _StreamLoader(model, config.num_experts, group, folder if not manifest else None)
     files = shard_files(folder)
     for done, file in enumerate(files, 1):
         with safe_open(file, framework="pt", device=str(device)) as shard:
@@ -492,8 +492,9 @@ def load_backbone(
 class _StreamLoader:
     """Puts each checkpoint tensor where it belongs, quantizing or dequantizing on the way."""
 
-    def __init__(self, model: nn.Module, experts: int, bits: int | None, group: int):
-        self.model, self.experts, self.bits, self.group = model, experts, bits, group
+    def __init__(self, model: nn.Module, experts: int, group: int, unquantized: Path | None):
+        self.model, self.experts, self.group = model, experts, group
+        self.unquantized = unquantized  # the folder, when it has no manifest
         self.filled: dict[str, set[int | None]] = {}
         self.fp8: dict[str, dict[str, Tensor]] = {}  # weight name -> {"weight", "scale"}
 
@@ -516,6 +517,11 @@ class _StreamLoader:
 
     def _take_quantized(self, module, path, leaf, expert, tensor, name) -> None:
         if leaf in PART_NAMES:
+            if self.unquantized:
+                raise BadCheckpoint(
+                    f"{self.unquantized} holds quantized weights but no {MANIFEST}, so it is "
+                    "an unfinished quantized folder; quantize the model again."
+                )
             self._fill(module, {leaf: tensor}, expert, name)
             self._mark(f"{path}.{leaf}", expert)
             return

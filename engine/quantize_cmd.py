@@ -144,21 +144,26 @@ def _write_shards(root, shards, target, bits, group, device, on_progress) -> Non
     total = len(shards)
     weight_map: dict[str, str] = {}
     size = 0
+    fp8: dict[str, dict[str, torch.Tensor]] = {}  # FP8 weights waiting for their scales
     for done, shard in enumerate(shards, 1):
-        tensors = _quantize_shard(shard, bits, group, device)
+        tensors = _quantize_shard(shard, bits, group, device, fp8)
         save_file(tensors, str(target / shard.name), metadata={"format": "pt"})
         weight_map |= dict.fromkeys(tensors, shard.name)
         size += sum(t.numel() * t.element_size() for t in tensors.values())
         if on_progress:
             on_progress(done, total)
+    if fp8:
+        name = next(iter(fp8))
+        lacks = "its weight_scale_inv" if "weight" in fp8[name] else "its weight"
+        raise BadCheckpoint(f"The FP8 checkpoint has {name} without {lacks}.")
     index = {"metadata": {"total_size": size}, "weight_map": weight_map}
     (target / INDEX_NAME).write_text(json.dumps(index, indent=2))
 
 
-def _quantize_shard(shard: Path, bits: int, group: int, device: str) -> dict[str, torch.Tensor]:
-    """One shard's tensors in the quantized layout, each source tensor read once."""
+def _quantize_shard(shard: Path, bits: int, group: int, device: str, fp8: dict) -> dict:
+    """One shard's tensors in the quantized layout, each source tensor read once; an FP8
+    weight is written where the second of it and its block scales is read."""
     out: dict[str, torch.Tensor] = {}
-    fp8: dict[str, dict[str, torch.Tensor]] = {}
     with safe_open(shard, framework="pt", device=device) as file:
         for name in file.keys():
             tensor = file.get_tensor(name)
@@ -178,11 +183,6 @@ def _quantize_shard(shard: Path, bits: int, group: int, device: str) -> dict[str
                 del fp8[base]
                 name, tensor = base, quant.dequantize_fp8(slot["weight"], slot["scale"])
             out |= _quantize_tensor(name, tensor, bits, group)
-    if fp8:
-        raise BadCheckpoint(
-            f"{shard.name} holds the FP8 weight {next(iter(fp8))} without its block scales "
-            "in the same file, which this converter needs."
-        )
     return out
 
 
