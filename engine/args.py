@@ -291,6 +291,15 @@ def _check_cuda(spec: str, need_bytes: int | None) -> None:
             )
 
 
+def check_steps(steps: int, block_length: int, what: str = "The steps per block") -> None:
+    """Steps per block beyond the block length would commit nothing on some steps."""
+    if steps > block_length:
+        raise BadInput(
+            f"{what} ({steps}) cannot be more than the block length ({block_length}); "
+            "each step commits at least one token."
+        )
+
+
 def weights_bytes(folder: Path) -> int | None:
     """The backbone's bytes as stored (its safetensors shards in `folder`), or None if unknown."""
     try:

@@ -274,11 +274,7 @@ class Pipeline:
         )
         for name in ("steps", "block_length", "threshold", "use_cache", "temperature"):
             args.check(name, getattr(loop, name))
-        if loop.steps > loop.block_length:
-            raise BadInput(
-                f"The steps per block ({loop.steps}) cannot be more than the block length "
-                f"({loop.block_length}); each step commits at least one token."
-            )
+        args.check_steps(loop.steps, loop.block_length)
         return loop
 
     def _denoise_image(
@@ -420,6 +416,7 @@ class Pipeline:
             think_loop = replace(loop, steps=_given(thinking_steps, d.thinking_steps))
             length = _given(thinking_length, d.thinking_length)
             _check(thinking_steps=think_loop.steps, thinking_length=length)
+            args.check_steps(think_loop.steps, loop.block_length, "The thinking steps per block")
             thought, cond = self._think(
                 prompt, (h, w), length, think_loop, seed, on_progress, on_text
             )
