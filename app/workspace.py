@@ -1,0 +1,150 @@
+"""Workspace: the open documents (one tab each), the current one, the generate form and the recent
+files; routes each engine event to the document or form that owns its job. No widgets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+from app.document import Document
+from app.generate import GenerateForm
+from app.settings import Settings
+from engine.protocol import (
+    Event,
+    Failed,
+    Finished,
+    Generate,
+    ImageResult,
+    Progress,
+    Request,
+    TextDelta,
+)
+
+MAX_RECENT = 10
+
+
+class Workspace(QObject):
+    documents_changed = Signal()  # a document was opened or closed
+    current_changed = Signal()  # another document is in front
+    recent_changed = Signal()
+    generating_changed = Signal()  # a generate job was queued, progressed or ended
+    error_changed = Signal(str)
+
+    def __init__(
+        self,
+        settings: Settings,
+        submit: Callable[[Request], object],
+        *,
+        save_settings: Callable[[], None] | None = None,
+        parent: QObject | None = None,
+    ):
+        super().__init__(parent)
+        self.settings = settings
+        self._submit = submit  # EngineClient.submit, or a fake in tests
+        self._save_settings = save_settings or settings.save
+        self.documents: list[Document] = []
+        self.current: Document | None = None
+        self.form = GenerateForm(self._submit_generate, parent=self)
+        self.generating: dict[str, Progress | None] = {}  # generate job -> its last progress
+        self.prompts: dict[str, str] = {}  # generate job -> its prompt, for the new tab's title
+        self.error = ""
+
+    # ------------------------------------------------------------ documents
+
+    def open_image(
+        self,
+        image: np.ndarray,
+        *,
+        path: str | None = None,
+        title: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> Document:
+        """A new document (tab) for these pixels, made the current one."""
+        document = Document(image, self._submit, path=path, title=title, metadata=metadata)
+        self.documents.append(document)
+        self.documents_changed.emit()
+        self.set_current(document)
+        return document
+
+    def close(self, document: Document) -> None:
+        """Close a tab; its running and queued jobs are cancelled by the caller (the window)."""
+        index = self.documents.index(document)
+        self.documents.remove(document)
+        self.documents_changed.emit()
+        if document is self.current:
+            rest = self.documents
+            self.set_current(rest[min(index, len(rest) - 1)] if rest else None)
+
+    def set_current(self, document: Document | None) -> None:
+        if document is not self.current:
+            self.current = document
+            self.current_changed.emit()
+
+    def set_error(self, error: str) -> None:
+        self.error = error
+        self.error_changed.emit(error)
+
+    # ------------------------------------------------------------ recent files
+
+    def add_recent(self, path: str | Path) -> None:
+        path = str(Path(path).resolve())
+        recent = [p for p in self.settings.recent_files if p != path]
+        self.settings.recent_files = [path, *recent][:MAX_RECENT]
+        self._save_settings()
+        self.recent_changed.emit()
+
+    def clear_recent(self) -> None:
+        self.settings.recent_files = []
+        self._save_settings()
+        self.recent_changed.emit()
+
+    # ------------------------------------------------------------ engine events
+
+    def _submit_generate(self, request: Request) -> None:
+        assert isinstance(request, Generate)
+        self.generating[request.job_id] = None
+        self.prompts[request.job_id] = request.prompt
+        self._submit(request)
+        self.generating_changed.emit()
+
+    def owner(self, job_id: str) -> Document | None:
+        return next((d for d in self.documents if job_id in d.jobs), None)
+
+    def handle(self, event: Event) -> None:
+        """Apply one engine event (EngineClient calls this on the GUI thread)."""
+        if event.job_id in self.generating:
+            self._handle_generate(event)
+        else:
+            any(document.handle(event) for document in self.documents)
+
+    def _handle_generate(self, event: Event) -> None:
+        match event:
+            case Progress():
+                self.generating[event.job_id] = event
+            case TextDelta(job_id, text):
+                self.form.add_thinking(job_id, text)
+            case ImageResult(job_id, image, metadata):
+                title = _title(self.prompts.get(job_id, ""))
+                self.open_image(np.array(image), title=title, metadata=metadata)
+            case Failed(job_id, message, code):
+                self._end_generate(job_id)
+                if code != "cancelled":
+                    self.form.set_error(message)
+                return
+            case Finished(job_id):
+                self._end_generate(job_id)
+                return
+        self.generating_changed.emit()
+
+    def _end_generate(self, job_id: str) -> None:
+        self.generating.pop(job_id, None)
+        self.prompts.pop(job_id, None)
+        self.generating_changed.emit()
+
+
+def _title(prompt: str, length: int = 32) -> str:
+    prompt = " ".join(prompt.split())
+    return prompt if len(prompt) <= length else prompt[: length - 1] + "…"
