@@ -55,7 +55,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def _sentence(self, message: str) -> str:
         command = self.prog.removeprefix("main.py").strip()
         if found := re.fullmatch(r"the following arguments are required: (.*)", message):
-            needed = " and ".join(found[1].split(", "))
+            *first, last = found[1].split(", ")
+            needed = f"{', '.join(first)} and {last}" if first else last
             return f"{self.prog} needs {needed}; see python {self.prog} --help."
         if found := re.fullmatch(r"argument command: invalid choice: '(.*?)' \(.*", message):
             word, commands = found[1], command_names()
