@@ -233,13 +233,22 @@ class QuantWeight(nn.Module):
 class QuantLinear(QuantWeight):
     """nn.Linear without bias on a quantized weight: buffers `qweight`, `scale` (, `minv`)."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group: int = DEFAULT_GROUP):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group: int = DEFAULT_GROUP,
+        bias: bool = False,
+    ):
         super().__init__(out_features, in_features, bits, group=group)
         self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        return self.matmul(x.reshape(-1, x.shape[-1])).view(*lead, self.out_features)
+        y = self.matmul(x.reshape(-1, x.shape[-1])).view(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class QuantExperts(nn.Module):
@@ -322,13 +331,16 @@ def quantize_loaded(
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if skip(full) or not (isinstance(child, nn.Linear) and child.bias is None):
+            if skip(full) or not isinstance(child, nn.Linear):
                 continue
             if child.in_features % 32 and bits == 4:
                 continue  # no int4 kernel for this width: keep it
-            quant = QuantLinear(child.in_features, child.out_features, bits, group)
+            has_bias = child.bias is not None
+            quant = QuantLinear(child.in_features, child.out_features, bits, group, has_bias)
             quant.to(child.weight.device)
             quant.fill(quantize(child.weight.detach(), bits, quant.group or group))
+            if has_bias:
+                quant.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
             quant.pack(dtype)
             setattr(module, child_name, quant)
     return model

@@ -1,0 +1,63 @@
+"""The residency plan at the real model's sizes, on the meta device (no memory used)."""
+
+import pytest
+
+from engine import residency
+from engine.backbone import BackboneConfig
+
+GIB = residency.GIB
+# card size -> the preset the memory plan in DESIGN.md gives it
+TABLE = {48: "48 GB", 24: "24 GB", 16: "12-16 GB", 12: "12-16 GB", 8: "< 12 GB"}
+
+
+@pytest.fixture(scope="module")
+def real():
+    return BackboneConfig.real()
+
+
+@pytest.mark.parametrize("vram", sorted(TABLE))
+def test_each_preset_fits_its_budget_at_1024_with_three_cfg_rows(real, vram):
+    plan = residency.choose(real, None, residency.budget_for(vram), width=1024, height=1024)
+    assert plan.preset.name == TABLE[vram]
+    assert plan.fits and plan.peak <= plan.budget
+    backbone = plan.part("backbone")
+    kv = residency.kv_cache_bytes(real, residency.sequence_tokens(1024, 1024, 1), rows=3)
+    assert backbone.working >= kv > 0.25 * GIB  # the KV cache of 3 rows is in the estimate
+
+
+def test_sizes_match_the_released_model(real):
+    bf16, experts = residency.backbone_sizes(real, "bf16")
+    assert 31e9 < bf16 < 34e9  # "about 32 GB" (facts §8)
+    assert experts > 0.9 * bf16  # routed experts are ~95% of the parameters
+    int8, _ = residency.backbone_sizes(real, "int8")
+    int4, _ = residency.backbone_sizes(real, "int4")
+    assert 0.5 * bf16 < int8 < 0.56 * bf16
+    assert 0.28 * bf16 < int4 < 0.36 * bf16  # embeddings and head stay bf16
+
+
+def test_a_preset_that_does_not_fit_says_so(real):
+    plan = residency.make_plan(real, None, residency.PRESETS[0], residency.budget_for(24))
+    assert not plan.fits
+    assert "DOES NOT FIT" in plan.text()
+
+
+def test_small_cards_take_turns_or_stream(real):
+    turns = residency.choose(real, None, residency.budget_for(16))
+    assert turns.preset.mode == "turns"
+    resident_peak = sum(p.weights for p in turns.parts)
+    assert turns.peak < resident_peak  # only one phase on the card at a time
+    stream = residency.choose(real, None, residency.budget_for(8))
+    assert "slow" in stream.preset.note
+
+
+def test_larger_images_need_more(real):
+    budget = residency.budget_for(24)
+    small = residency.make_plan(real, None, residency.PRESETS[1], budget, width=512, height=512)
+    large = residency.make_plan(real, None, residency.PRESETS[1], budget)
+    assert large.peak > small.peak
+
+
+def test_the_folder_sizes_come_from_headers(tiny_checkpoint):
+    total, linear = residency.part_bytes(tiny_checkpoint, "decoder")
+    files = (tiny_checkpoint / "decoder-turbo").glob("*.safetensors")
+    assert 0 < linear <= total <= sum(f.stat().st_size for f in files)
