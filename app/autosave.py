@@ -267,14 +267,23 @@ class Autosave(QObject):
         self.store, self._collect = store, collect
         self.timer = QTimer(self, singleShot=True, interval=round(delay_s * 1000))
         self.timer.timeout.connect(self.save_now)
+        self.stopped = False
 
     def changed(self, *_) -> None:
-        """Something in a document changed: save after the delay (restarted by each change)."""
-        if not self.timer.isActive():
+        """Something in a document changed: save after the delay (counted from the first change
+        since the last save, so steady painting still saves every few seconds)."""
+        if not self.timer.isActive() and not self.stopped:
             self.timer.start()
+
+    def stop(self) -> None:
+        """Save nothing more (after `finish`, or when the app is going down)."""
+        self.stopped = True
+        self.timer.stop()
 
     def save_now(self) -> None:
         self.timer.stop()
+        if self.stopped:
+            return
         try:
             count = self.store.write(self._collect())
         except OSError as error:
@@ -288,4 +297,5 @@ class Autosave(QObject):
     def finish(self) -> None:
         """A clean quit: save, then release the lock, so the next start offers no restore."""
         self.save_now()
+        self.stop()
         self.store.release()

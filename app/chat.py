@@ -236,13 +236,16 @@ class Conversation(QObject):
         """The conversation as JSON-ready data (images as PNG, regions as packed bits)."""
         return {"messages": [_message_to_dict(m) for m in self.messages]}
 
-    def load_dict(self, data: dict) -> None:
-        """Replace the messages with saved ones; an answer cut off by a crash shows as stopped."""
+    def load_dict(self, data: dict) -> bool:
+        """Replace the messages with saved ones; an answer cut off (by a crash) shows as stopped.
+        Returns True when the last answer was cut off, so the caller may ask again."""
         self.messages = [_message_from_dict(m) for m in data.get("messages", [])]
+        cut_off = bool(self.messages) and self.messages[-1].state == STREAMING
         for message in self.messages:
             if message.state == STREAMING:
                 message.state = STOPPED
         self.messages_changed.emit()
+        return cut_off
 
     # ------------------------------------------------------------ inside
 

@@ -109,6 +109,9 @@ class JobList(QObject):
         self.client = client
         self._clock = clock
         self._jobs: dict[str, Job] = {}
+        # How a repeat is sent: (original job id, new request); the app routes it to the
+        # original's owner so its results land where the first ones did.
+        self.resubmit: Callable[[str, Request], object] = lambda _, r: client.submit(r)
         client.queue_changed.connect(self._sync_queue)
         client.job_started.connect(self._started)
         client.event_received.connect(self.handle)
@@ -178,7 +181,8 @@ class JobList(QObject):
         for n in range(1, count + 1):
             seed = (job.request.seed + n) % (MAX_SEED + 1)
             request = dataclasses.replace(job.request, job_id=new_job_id(), seed=seed)
-            new_ids.append(self.client.submit(request))
+            self.resubmit(job_id, request)
+            new_ids.append(request.job_id)
         self.repeated.emit(job_id, new_ids)
         return new_ids
 
