@@ -208,43 +208,24 @@ def test_an_unknown_command_exits_2_without_opening_the_window():
 
 
 def test_an_image_path_opens_the_window_with_it(photo, monkeypatch):
-    import types
-
-    import PySide6.QtWidgets
-
     import main as entry
+    from engine.cli import window_paths
 
     opened = []
-
-    class Window:
-        def __init__(self, settings, open_paths=()):
-            opened.append(list(open_paths))
-
-        def show(self):
-            pass
-
-    class App:  # no second QApplication in this process; pytest-qt still finds the real one
-        instance = staticmethod(PySide6.QtWidgets.QApplication.instance)
-
-        def __init__(self, argv):
-            pass
-
-        def exec(self):
-            return 0
-
-    window_module = types.ModuleType("ui.main_window")
-    window_module.MainWindow = Window
-    monkeypatch.setitem(sys.modules, "ui.main_window", window_module)
-    monkeypatch.setattr(PySide6.QtWidgets, "QApplication", App)
+    monkeypatch.setattr(entry, "run_window", lambda paths: opened.append(paths) or 0)
     monkeypatch.setattr(sys, "argv", ["main.py", str(photo)])
     assert entry.main() == 0 and opened == [[photo]]
+    assert window_paths(["generate", "--help"]) is None and window_paths(["generat"]) is None
+    assert window_paths([str(photo), "missing.png"]) is None  # the parser names the mistake
 
-    class OldWindow(Window):
-        def __init__(self, settings):
-            opened.append("old")
+    class Window:
+        def __init__(self, settings, open_paths=()): ...
 
-    window_module.MainWindow = OldWindow
-    assert entry.main() == 0 and opened[-1] == "old"  # a window without open_paths still opens
+    class OldWindow:
+        def __init__(self, settings): ...
+
+    assert entry.open_paths(Window, [photo]) == {"open_paths": [photo]}
+    assert entry.open_paths(OldWindow, [photo]) == {}  # a window without it still opens
 
 
 def test_a_text_only_question_never_imports_the_decoder(tiny_checkpoint):
