@@ -2,6 +2,9 @@
 
     python3 dev.py app     set up, then open LLaDA Studio
     python3 dev.py test    set up, then run the whole test suite
+    python3 dev.py screenshots [OUT_DIR]
+                           the window in several states, as PNGs (default ./screenshots), made
+                           under Xvfb with the real engine on the tiny checkpoint (Linux)
 
 Needs only Python 3.11+. Set-up installs the pinned packages of pyproject.toml once, and again
 whenever pyproject.toml changes.
@@ -13,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -82,11 +86,60 @@ def missing_qt_library(find_library=ctypes.util.find_library, env=os.environ) ->
     return ""
 
 
+XVFB_PACKAGES = ["xvfb", *QT_XCB_LIBRARIES.values()]
+
+
+def install_xvfb() -> None:
+    """Xvfb and the libraries Qt's X11 plugin needs, from Debian's packages (as root), or one
+    sentence naming them."""
+    if shutil.which("Xvfb") and not missing_qt_library(env={"QT_QPA_PLATFORM": "xcb"}):
+        return
+    install = ["apt-get", "install", "-y", "-q", *XVFB_PACKAGES]
+    if not sys.platform.startswith("linux") or not shutil.which("apt-get") or os.geteuid() != 0:
+        sys.exit(f"Screenshots need Xvfb and Qt's X11 libraries: sudo {' '.join(install)}")
+    print("Installing Xvfb and Qt's X11 libraries ...", flush=True)
+    subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
+
+
+def start_xvfb() -> tuple[subprocess.Popen, str]:
+    """Xvfb on the first free display number; returns the process and its DISPLAY."""
+    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    xvfb = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            return xvfb, f":{number}"
+        if xvfb.poll() is not None:
+            break
+        time.sleep(0.05)
+    xvfb.kill()
+    sys.exit("Xvfb did not start; run it by hand to see why.")
+
+
+def screenshots(args: list[str]) -> int:
+    install_xvfb()
+    out_dir = Path(args[0] if args else ROOT / "screenshots").resolve()
+    xvfb, display = start_xvfb()
+    env = os.environ | {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    env.pop("WAYLAND_DISPLAY", None)
+    try:
+        command = [str(PYTHON), "-m", "tests.screenshots", str(out_dir), *args[1:]]
+        return subprocess.run(command, cwd=ROOT, env=env).returncode
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "app"
-    if command not in ("app", "test"):
+    if command not in ("app", "test", "screenshots"):
         sys.exit(__doc__)
     setup()
+    if command == "screenshots":
+        return screenshots(sys.argv[2:])
     if command == "test":
         args = [str(PYTHON), "-m", "pytest", "-q", *sys.argv[2:]]
         env = os.environ | {"QT_QPA_PLATFORM": "offscreen"}
