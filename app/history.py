@@ -83,10 +83,29 @@ def _transaction(db: sqlite3.Connection):
 
 
 def _image_io() -> tuple[Callable, Callable]:
-    """engine/imagefile.py's writer and reader (PNG text chunks, EXIF for JPEG and WebP)."""
-    from engine import imagefile
-
+    """engine/imagefile.py's writer and reader (PNG text chunks, EXIF for JPEG and WebP); until
+    that module lands, PNG text chunks through PIL, which it reads back the same way."""
+    try:
+        from engine import imagefile
+    except ImportError:
+        return _save_png, _read_png
     return imagefile.save_image, imagefile.read_metadata
+
+
+def _save_png(path: Path, image: np.ndarray, metadata: dict[str, str]) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_itxt(key, value)
+    Image.fromarray(image).save(path, format="PNG", pnginfo=info)
+
+
+def _read_png(path: Path) -> dict[str, str]:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        return dict(getattr(picture, "text", {}))
 
 
 class History(QObject):

@@ -4,37 +4,9 @@ rebuilt from the files; an old schema is migrated."""
 import sqlite3
 
 import numpy as np
-import pytest
 
 from app import history as history_module
 from app.history import DB_NAME, SCHEMA_VERSION, History
-
-
-def pil_image_io():
-    """engine/imagefile.py's pair once it exists; until then PNG text chunks through PIL."""
-    try:
-        from engine import imagefile
-
-        return imagefile.save_image, imagefile.read_metadata
-    except ImportError:
-        from PIL import Image, PngImagePlugin
-
-        def save(path, image, metadata):
-            info = PngImagePlugin.PngInfo()
-            for key, value in metadata.items():
-                info.add_itxt(key, value)
-            Image.fromarray(image).save(path, format="PNG", pnginfo=info)
-
-        def read(path):
-            with Image.open(path) as picture:
-                return dict(picture.text)
-
-        return save, read
-
-
-@pytest.fixture(autouse=True)
-def image_io(monkeypatch):
-    monkeypatch.setattr(history_module, "_image_io", pil_image_io)
 
 
 def picture(value: int) -> np.ndarray:

@@ -9,7 +9,6 @@ from app.settings import Settings
 from app.workspace import Workspace
 from tests.app.test_chat import slow
 from tests.app.test_engine_client import loop, scenario  # noqa: F401 (a fixture and a wrapper)
-from tests.app.test_history import image_io  # noqa: F401 (an autouse fixture)
 from tests.app.test_jobs import until
 
 PHOTO = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app import history as history_module
 from app.history import DB_NAME, History
-from tests.app.test_history import pil_image_io
 
 ENTRIES, SEARCHES = 1000, 50
 WORDS = "fox cat lighthouse harbour forest neon city portrait winter desert".split()
@@ -29,7 +27,6 @@ def timed_ms(call) -> tuple[float, object]:
 
 
 def main(folder: Path) -> dict:
-    history_module._image_io = pil_image_io  # engine/imagefile.py when present
     history = History(folder)
     rng = np.random.default_rng(0)
     started = time.perf_counter()

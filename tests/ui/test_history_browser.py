@@ -4,7 +4,6 @@ import numpy as np
 from PySide6.QtWidgets import QMessageBox
 
 from app.history import History
-from tests.app.test_history import image_io  # noqa: F401 (an autouse fixture)
 from ui.history_browser import HistoryBrowser
 
 
