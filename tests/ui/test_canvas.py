@@ -1,0 +1,221 @@
+"""CanvasView: strokes land where the cursor went at any zoom, with no gaps; navigation keeps the
+point under the cursor; selections, eraser, overlay, progress and compare show what they should."""
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent, QWheelEvent
+from PySide6.QtWidgets import QApplication
+
+from app.document import Document
+from app.tools import LASSO, RECT, Tools
+from ui.canvas import SIDE, SPLIT, CanvasView
+
+LEFT, RIGHT, MIDDLE = (
+    Qt.MouseButton.LeftButton,
+    Qt.MouseButton.RightButton,
+    Qt.MouseButton.MiddleButton,
+)
+NONE = Qt.KeyboardModifier.NoModifier
+
+
+def mouse(widget, kind, pos, button=LEFT, held=None, modifiers=NONE):
+    held = button if held is None else held
+    pos = QPointF(pos)
+    event = QMouseEvent(kind, pos, widget.mapToGlobal(pos), button, held, modifiers)
+    QApplication.sendEvent(widget, event)
+
+
+def drag(widget, points, button=LEFT, modifiers=NONE):
+    """Press at the first point, jump to each next one in a single move, release at the last."""
+    mouse(widget, QEvent.Type.MouseButtonPress, points[0], button)
+    for point in points[1:]:
+        mouse(widget, QEvent.Type.MouseMove, point, Qt.MouseButton.NoButton, button)
+    mouse(widget, QEvent.Type.MouseButtonRelease, points[-1], button, Qt.MouseButton.NoButton,
+          modifiers)  # fmt: skip
+
+
+@pytest.fixture
+def canvas(qtbot):
+    image = np.zeros((3000, 4000, 3), np.uint8)
+    image[..., 1] = 120
+    document = Document(image, [].append)
+    view = CanvasView(document, Tools(size=6, hardness=1.0))
+    view.resize(800, 600)
+    qtbot.addWidget(view)
+    view.show()
+    return view
+
+
+def distance_to_segment(ys, xs, a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    p = np.stack([xs + 0.5, ys + 0.5], axis=-1)
+    t = np.clip(((p - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
+    return np.linalg.norm(p - (a + t[:, None] * (b - a)), axis=-1)
+
+
+@pytest.mark.parametrize("zoom", [0.25, 1.0, 4.0])
+def test_fast_drag_paints_where_the_cursor_went_without_gaps(canvas, zoom):
+    canvas.set_zoom(zoom)
+    screen = [QPointF(60, 80), QPointF(740, 120), QPointF(400, 560)]  # two long, fast jumps
+    drag(canvas, screen)
+    image = [canvas.to_image(p) for p in screen]
+    path = [(p.x(), p.y()) for p in image]
+    painted = canvas.document.mask.as_bool()
+    for a, b in zip(path, path[1:]):
+        steps = int(np.hypot(b[0] - a[0], b[1] - a[1])) + 1
+        xs = np.linspace(a[0], b[0], steps).astype(int)
+        ys = np.linspace(a[1], b[1], steps).astype(int)
+        assert painted[ys, xs].all(), f"gap along {a} -> {b} at zoom {zoom}"
+    ys, xs = np.nonzero(painted)
+    near = np.minimum(distance_to_segment(ys, xs, path[0], path[1]),
+                      distance_to_segment(ys, xs, path[1], path[2]))  # fmt: skip
+    assert near.max() <= canvas.tools.radius + 1.5  # nothing painted away from the path
+    assert len(canvas.document.history) == 1  # one drag, one undo step
+
+
+def test_right_button_and_e_key_erase(canvas, qtbot):
+    canvas.document.fill_mask()
+    drag(canvas, [QPointF(100, 100), QPointF(300, 100)], button=RIGHT)
+    centre = canvas.to_image(QPointF(200, 100))
+    assert not canvas.document.mask.as_bool()[int(centre.y()), int(centre.x())]
+    qtbot.keyClick(canvas, Qt.Key.Key_E)
+    assert canvas.tools.eraser
+    drag(canvas, [QPointF(100, 300), QPointF(300, 300)])
+    centre = canvas.to_image(QPointF(200, 300))
+    assert not canvas.document.mask.as_bool()[int(centre.y()), int(centre.x())]
+
+
+def test_bracket_keys_and_alt_wheel_size_the_brush(canvas, qtbot):
+    size = canvas.tools.size
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketRight)
+    assert canvas.tools.size > size
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketLeft)
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketLeft)
+    assert canvas.tools.size < size
+
+
+def wheel(widget, pos, delta, modifiers=NONE):
+    pos = QPointF(pos)
+    event = QWheelEvent(
+        pos, widget.mapToGlobal(pos), QPoint(), QPoint(0, delta), Qt.MouseButton.NoButton,
+        modifiers, Qt.ScrollPhase.NoScrollPhase, False,
+    )  # fmt: skip
+    QApplication.sendEvent(widget, event)
+
+
+def test_wheel_zooms_about_the_cursor_and_esc_fits_and_1_is_100_percent(canvas, qtbot):
+    at = QPointF(200, 150)
+    before = canvas.to_image(at)
+    zoom = canvas.zoom
+    wheel(canvas, at, 240)
+    assert canvas.zoom > zoom
+    after = canvas.to_image(at)
+    assert abs(after.x() - before.x()) < 1e-6 and abs(after.y() - before.y()) < 1e-6
+    qtbot.keyClick(canvas, Qt.Key.Key_1)
+    assert canvas.zoom == 1.0
+    qtbot.keyClick(canvas, Qt.Key.Key_Escape)
+    assert canvas.zoom == pytest.approx(min(800 / 4000, 600 / 3000) * 0.98)
+    wheel(canvas, at, 120, Qt.KeyboardModifier.AltModifier)
+    assert canvas.tools.size > 6
+
+
+def test_middle_button_and_space_drag_pan_without_painting(canvas, qtbot):
+    start = canvas.offset
+    drag(canvas, [QPointF(100, 100), QPointF(150, 130)], button=MIDDLE)
+    assert canvas.offset - start == QPointF(50, 30)
+    qtbot.keyPress(canvas, Qt.Key.Key_Space)
+    drag(canvas, [QPointF(100, 100), QPointF(90, 100)])
+    qtbot.keyRelease(canvas, Qt.Key.Key_Space)
+    assert canvas.offset - start == QPointF(40, 30)
+    assert not canvas.document.mask.any()
+
+
+def test_rectangle_and_lasso_tools_add_and_subtract(canvas, qtbot):
+    canvas.set_zoom(1.0)
+    canvas.tools.set_tool(RECT)
+    drag(canvas, [QPointF(100, 100), QPointF(300, 250)])
+    a, b = canvas.to_image(QPointF(100, 100)), canvas.to_image(QPointF(300, 250))
+    mask = canvas.document.mask.as_bool()
+    assert mask.sum() == pytest.approx(200 * 150, abs=400)
+    assert mask[int(a.y()) + 2 : int(b.y()) - 2, int(a.x()) + 2 : int(b.x()) - 2].all()
+    drag(canvas, [QPointF(150, 0), QPointF(200, 590)], modifiers=Qt.KeyboardModifier.AltModifier)
+    mid = canvas.to_image(QPointF(175, 175))
+    assert not canvas.document.mask.as_bool()[int(mid.y()), int(mid.x())]
+    qtbot.keyClick(canvas, Qt.Key.Key_L)
+    assert canvas.tools.tool == LASSO
+    drag(canvas, [QPointF(400, 300), QPointF(600, 300), QPointF(600, 500), QPointF(400, 500)])
+    inside = canvas.to_image(QPointF(500, 400))
+    assert canvas.document.mask.as_bool()[int(inside.y()), int(inside.x())]
+    drag(canvas, [QPointF(450, 350), QPointF(550, 350), QPointF(550, 450)], button=RIGHT)
+    inside = canvas.to_image(QPointF(540, 360))
+    assert not canvas.document.mask.as_bool()[int(inside.y()), int(inside.x())]
+
+
+def pixel(canvas, pos):
+    return canvas.grab().toImage().pixelColor(pos)
+
+
+def test_overlay_tints_the_mask_with_the_chosen_colour_and_opacity(canvas):
+    canvas.tools.set_overlay_color((0, 0, 255))
+    canvas.tools.set_overlay_opacity(1.0)
+    drag(canvas, [QPointF(200, 200), QPointF(400, 200)])
+    assert pixel(canvas, QPoint(300, 200)).getRgb()[:3] == (0, 0, 255)
+    assert pixel(canvas, QPoint(300, 300)).getRgb()[:3] == (0, 120, 0)
+    canvas.tools.set_overlay_opacity(0.5)
+    r, g, b, _ = pixel(canvas, QPoint(300, 200)).getRgb()
+    assert abs(g - 60) <= 2 and abs(b - 128) <= 2
+    canvas.document.undo()
+    assert pixel(canvas, QPoint(300, 200)).getRgb()[:3] == (0, 120, 0)
+
+
+def test_painting_after_an_edit_leaves_its_mask_snapshot_alone(canvas):
+    sent = []
+    canvas.document._submit = sent.append
+    drag(canvas, [QPointF(100, 100), QPointF(200, 100)])
+    request = canvas.document.edit("make it blue")
+    snapshot = request.mask.copy()
+    drag(canvas, [QPointF(100, 300), QPointF(700, 300)])
+    canvas.document.fill_mask()
+    assert sent == [request] and np.array_equal(request.mask, snapshot)
+
+
+def test_progress_preview_covers_the_image_and_clears(canvas):
+    preview = np.full((16, 16, 3), 255, np.uint8)
+    canvas.set_progress("Denoising", 3, 8, preview)
+    assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (255, 255, 255)
+    canvas.clear_progress()
+    assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (0, 120, 0)
+
+
+def test_compare_split_and_side_by_side_show_both_versions(canvas):
+    other = np.zeros((3000, 4000, 3), np.uint8)
+    other[..., 0] = 200
+    canvas.set_compare(other, SPLIT)
+    canvas.set_split(0.5)
+    assert pixel(canvas, QPoint(200, 300)).getRgb()[:3] == (200, 0, 0)
+    assert pixel(canvas, QPoint(600, 300)).getRgb()[:3] == (0, 120, 0)
+    drag(canvas, [QPointF(400, 300), QPointF(700, 300)])
+    assert canvas.split == pytest.approx(700 / 800)
+    assert not canvas.document.mask.any()  # comparing never paints
+    assert pixel(canvas, QPoint(600, 300)).getRgb()[:3] == (200, 0, 0)
+    canvas.set_compare(other, SIDE)
+    canvas.fit()
+    assert pixel(canvas, QPoint(200, 300)).getRgb()[:3] == (200, 0, 0)
+    assert pixel(canvas, QPoint(600, 300)).getRgb()[:3] == (0, 120, 0)
+    canvas.set_compare(None)
+    assert canvas.compare_mode is None
+
+
+def test_badge_when_the_viewed_version_is_not_current(canvas):
+    from engine.protocol import Finished, ImageResult
+
+    document = canvas.document
+    job = document.edit("x").job_id
+    document.handle(ImageResult(job, np.full((3000, 4000, 3), 50, np.uint8), {}))
+    document.handle(Finished(job))
+    assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (50, 50, 50)
+    document.view_version("v1")
+    assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (0, 120, 0)
+    top_left = pixel(canvas, QPoint(14, 14)).getRgb()[:3]
+    assert top_left != (0, 120, 0)  # the badge is drawn there
