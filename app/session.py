@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from app import qt_workaround
 from app.autosave import Autosave, DocumentState, SessionStore, VersionState
 from app.chat import Conversation
 from app.document import Version
@@ -32,6 +33,7 @@ class Session(QObject):
 
     def __init__(self, settings, client, workspace, data_folder: Path | str, parent=None):
         super().__init__(parent)
+        qt_workaround.install(self)  # PySide6 6.12 on Python 3.11 loses a ref to True per emit
         self.settings, self.client, self.workspace = settings, client, workspace
         self.jobs = JobList(client, parent=self)
         self.history = History(settings.results_path, parent=self)

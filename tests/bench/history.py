@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app import qt_workaround
 from app.history import DB_NAME, History
 
 ENTRIES, SEARCHES = 1000, 50
@@ -27,6 +28,7 @@ def timed_ms(call) -> tuple[float, object]:
 
 
 def main(folder: Path) -> dict:
+    qt_workaround.check()  # PySide6 6.12 on Python 3.11: each emit loses a reference to True
     history = History(folder)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
@@ -40,7 +42,7 @@ def main(folder: Path) -> dict:
     filtered = [timed_ms(lambda: history.search("fox", task="edit"))[0] for _ in range(SEARCHES)]
     hits = len(history.search("harbour neon"))
     before = {(str(e.path), e.prompt, e.seed, e.document, e.version) for e in history.search()}
-    victim = history.search("#500")[0]
+    victim = history.search(f"#{ENTRIES // 2}")[0]
     delete_ms, _ = timed_ms(lambda: history.delete(victim.id))
     deleted = not victim.path.exists() and len(history) == ENTRIES - 1
     before.discard((str(victim.path), victim.prompt, victim.seed, victim.document, victim.version))

@@ -1,0 +1,24 @@
+"""The guard keeps True alive however many signals are emitted (PySide6 6.12 on Python 3.11 drops
+a reference to True per emit)."""
+
+import sys
+
+from PySide6.QtCore import QObject, Signal
+
+from app import qt_workaround
+
+
+class Emitter(QObject):
+    fired = Signal()
+
+
+def test_references_lost_by_emits_are_put_back():
+    emitter = Emitter()
+    qt_workaround.check()
+    before = sys.getrefcount(True)
+    for _ in range(20_000):
+        emitter.fired.emit()
+    lost = before - sys.getrefcount(True)
+    added = qt_workaround.check()
+    assert sys.getrefcount(True) >= before - 5  # back to (about) where it was
+    assert added == (lost if qt_workaround.NEEDED and lost > 0 else 0)
