@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from engine import args, masking, text, vision
+from engine import args, masking, quant, residency, text, vision
 from engine.args import NO_INSTRUCTION, NO_PROMPT, NO_QUESTION, THRESHOLD_OFF
 from engine.backbone import Backbone, load_backbone
 from engine.checkpoint import find_model_folder, validate_model_folder
@@ -181,11 +181,19 @@ class Pipeline:
         self.decoder: ImageDecoder | None = None
         self._codes: OrderedDict[str, torch.Tensor] = OrderedDict()  # digest -> VQ codes (LRU)
         self._palette: TokenPalette | None = None  # colours of the token preview, made once
+        self.settings: residency.Settings | None = None  # precisions and memory plan (issue 9)
 
     @classmethod
     def load(
-        cls, folder: Path | str, *, device: str = "auto", on_progress: OnProgress | None = None
+        cls,
+        folder: Path | str,
+        *,
+        device: str = "auto",
+        on_progress: OnProgress | None = None,
+        precision: str | None = None,
+        vram: float | None = None,
     ) -> Pipeline:
+        """`precision` bf16/int8/int4 and `vram` (GiB) None: chosen by engine/residency.py."""
         found = find_model_folder(folder)
         validate_model_folder(found.root, parts=("backbone", "tokenizer"))
         dev = pick_device(device)
@@ -195,8 +203,16 @@ class Pipeline:
             if on_progress:
                 on_progress(STAGE_LOAD, done, total)
 
-        backbone = load_backbone(found.root, dev, dtype, on_progress=shard_done)
-        return cls(found.root, found.revision, backbone, dev, dtype)
+        settings = residency.resolve(found.root, dev, precision, vram)
+        if settings.precision == "bf16" and quant.folder_precision(found.root) == "bf16":
+            backbone = load_backbone(found.root, dev, dtype, on_progress=shard_done)
+        else:  # quantized as it streams in, an FP8 checkpoint, or a quantized folder
+            backbone = quant.load_backbone(
+                found.root, dev, dtype, settings.precision, on_progress=shard_done
+            )
+        pipeline = cls(found.root, found.revision, backbone, dev, dtype)
+        pipeline.settings = settings
+        return pipeline
 
     # ---- parts loaded on demand -------------------------------------------------------------
 
@@ -215,6 +231,8 @@ class Pipeline:
             self.decoder = ImageDecoder(
                 self.root, turbo=turbo, device=self.device, dtype=self.dtype
             )
+            if self.settings and self.settings.decoder == "int8":
+                quant.quantize_loaded(self.decoder.load_dit(), 8)
         return self.decoder
 
     def unload(self) -> None:
@@ -243,6 +261,8 @@ class Pipeline:
         return {
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "precision": self.settings.describe() if self.settings else "bf16",
+            "sizes": residency.loaded_sizes(self),
             "memory": memory,
             "loaded": ", ".join(loaded) or "nothing",
             "model": str(self.root),

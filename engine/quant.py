@@ -180,7 +180,7 @@ class QuantWeight(nn.Module):
         """Prepare the kernel form for the buffers' device and activations of `dtype`."""
         self.compute_dtype = dtype
         device = self.qweight.device
-        self.scale_c = self.scale.to(dtype)
+        self.register_buffer("scale_c", self.scale.to(dtype), persistent=False)
         if self.bits == 8:
             self.kind = "int8"
             self.qweight = aligned(self.qweight)
@@ -190,12 +190,14 @@ class QuantWeight(nn.Module):
             return
         stack = [self.parts(e) for e in range(self.experts)] if self.experts else [self.parts()]
         packed, scale_zero = zip(*(pack_int4(p, dtype, self.kind) for p in stack), strict=True)
-        self.packed = torch.stack(packed) if self.experts else packed[0]
-        self.scale_zero = torch.stack(scale_zero) if self.experts else scale_zero[0]
-        self._drop_neutral()
+        packed = torch.stack(packed) if self.experts else packed[0]
+        scale_zero = torch.stack(scale_zero) if self.experts else scale_zero[0]
+        self._drop_neutral()  # buffers (not persistent): .to() moves them with the module
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("scale_zero", scale_zero, persistent=False)
 
     def _drop_neutral(self) -> None:
-        for name in ("qweight", "scale", "minv"):
+        for name in ("qweight", "scale", "minv", "scale_c"):
             self._buffers.pop(name, None)
         self.neutral_dropped = True
 
@@ -224,10 +226,7 @@ class QuantWeight(nn.Module):
         return y.to(out_dtype)
 
     def nbytes(self) -> int:
-        tensors = list(self.buffers()) + [
-            t for t in (getattr(self, n, None) for n in ("packed", "scale_zero")) if t is not None
-        ]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self.buffers())
 
 
 class QuantLinear(QuantWeight):

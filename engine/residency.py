@@ -15,7 +15,7 @@ the requested image size. The presets (DESIGN.md, memory plan):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 GIB = 2**30
@@ -228,8 +228,12 @@ def make_plan(
     height: int = 1024,
     rows: int = 3,
     images_in: int = 1,
+    backbone: str | None = None,
 ) -> Plan:
-    """The plan for `preset` within `budget` bytes at the image size with `rows` CFG rows."""
+    """The plan for `preset` within `budget` bytes at the image size with `rows` CFG rows;
+    `backbone` overrides the preset's backbone precision (the user's --precision)."""
+    if backbone and backbone != preset.backbone:
+        preset = replace(preset, name=f"{preset.name}, backbone {backbone}", backbone=backbone)
     total, experts = backbone_sizes(config, preset.backbone)
     tokens = sequence_tokens(width, height, images_in)
     working = kv_cache_bytes(config, tokens, rows)
@@ -285,5 +289,91 @@ def device_budget(device) -> int | None:
 
 def lower(plan: Plan) -> Preset | None:
     """The next smaller preset, for a retry after running out of memory."""
-    index = PRESETS.index(plan.preset)
+    index = next(i for i, p in enumerate(PRESETS) if plan.preset.name.startswith(p.name))
     return PRESETS[index + 1] if index + 1 < len(PRESETS) else None
+
+
+# ---- what to load -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What Pipeline.load puts where: the backbone's and decoder's precisions and the plan."""
+
+    precision: str  # the backbone's: "bf16", "int8", "int4"
+    decoder: str  # "bf16" or "int8"
+    plan: Plan | None  # None off CUDA (the CPU has no budget to plan for)
+    allow_lower: bool = False  # after running out of memory, retry once at the next preset
+
+    def describe(self) -> str:
+        where = f", plan {self.plan.preset.name} ({self.plan.preset.mode})" if self.plan else ""
+        return f"backbone {self.precision}, decoder {self.decoder}{where}"
+
+
+def resolve(folder: Path, device, precision: str | None, vram: float | None) -> Settings:
+    """The user's --precision/--vram (None: automatic) and the folder, as load settings.
+
+    A quantized folder loads at its own precision; on a GPU without a given precision the
+    largest preset that fits the budget (--vram, or the card's free memory) is used; on the
+    CPU the model loads as stored (bf16) unless a precision is given.
+    """
+    import torch
+
+    from engine import quant
+    from engine.checkpoint import read_backbone_config
+
+    stored = quant.folder_precision(folder)
+    fixed = precision or (stored if stored in ("int8", "int4") else None)
+    device = torch.device(device)
+    budget = budget_for(vram) if vram else device_budget(device)
+    if budget is None:  # the CPU
+        chosen = fixed or "bf16"
+        return Settings(chosen, "int8" if chosen != "bf16" else "bf16", None)
+    config = read_backbone_config(folder)
+    if fixed:
+        plans = [make_plan(config, folder, p, budget, backbone=fixed) for p in PRESETS]
+        plan = next((p for p in plans if p.fits), plans[-1])
+    else:
+        plan = choose(config, folder, budget)
+    return Settings(plan.preset.backbone, plan.preset.decoder, plan)
+
+
+def fitting_advice(config, folder: Path | None, budget: int) -> str:
+    """A sentence naming the preset that would fit, for an out-of-memory failure."""
+    plan = choose(config, folder, budget)
+    if plan.fits:
+        return (
+            f"the {plan.preset.name} preset (backbone {plan.preset.backbone}, decoder "
+            f"{plan.preset.decoder}) would fit"
+        )
+    return "no preset fits this card at this image size; try a smaller image"
+
+
+def loaded_sizes(pipeline) -> str:
+    """What is loaded, where and at what size: "backbone int4 9.1 GiB on cuda:0, ..."."""
+    from engine import quant
+
+    parts = [("backbone", pipeline.backbone), ("image tokenizer", pipeline.image_tokenizer)]
+    decoder = pipeline.decoder
+    if decoder is not None:
+        parts += [("decoder", decoder.dit), ("vae", decoder.vae)]
+    shown = []
+    for name, module in parts:
+        if module is None:
+            continue
+        tensor = next(module.parameters(), None)
+        where = str(tensor.device) if tensor is not None else "?"
+        if tensor is not None and where == "cpu" and tensor.is_pinned():
+            where = "pinned host"
+        precision = _precision_of(module)
+        shown.append(f"{name} {precision} {quant.weight_bytes(module) / GIB:.2f} GiB on {where}")
+    return ", ".join(shown) or "nothing"
+
+
+def _precision_of(module) -> str:
+    from engine import quant
+
+    for m in module.modules():
+        if isinstance(m, quant.QuantWeight):
+            return f"int{m.bits}"
+    return str(next(module.parameters()).dtype).removeprefix("torch.").replace("bfloat", "bf")
