@@ -201,7 +201,7 @@ class QuantWeight(nn.Module):
             self._buffers.pop(name, None)
         self.neutral_dropped = True
 
-    def weight(self, expert: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def dequantized(self, expert: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """The dequantized weight (the reference); needs the neutral buffers."""
         if getattr(self, "neutral_dropped", False):
             raise RuntimeError(
@@ -212,7 +212,7 @@ class QuantWeight(nn.Module):
     def matmul(self, x: Tensor, expert: int | None = None) -> Tensor:
         """x [M, K] -> [M, N] in x's dtype."""
         if self.reference or self.kind in ("neutral", "dequant"):
-            return F.linear(x, self.weight(expert, x.dtype))
+            return F.linear(x, self.dequantized(expert, x.dtype))
         out_dtype = x.dtype
         x = x.to(self.compute_dtype).contiguous()
         if self.kind == "int8":
@@ -293,7 +293,9 @@ class QuantExperts(nn.Module):
 
 def keep_in_bf16(name: str) -> bool:
     """Embeddings, the head and the router stay in bf16 (or fp32) unless a flag says otherwise."""
-    return name.endswith(("lm_head", "word_embeddings", "mlp.gate", "embed", "embedder"))
+    if name.endswith(("lm_head", "mlp.gate")):
+        return True
+    return any("embed" in part for part in name.split("."))  # also the decoder's embedders
 
 
 def quantize_structure(

@@ -72,7 +72,7 @@ def test_bf16_kernels_match_the_reference(bits):
     layer = quant.QuantLinear(512, 256, bits)
     layer.fill(quant.quantize(w, bits))
     x = torch.randn(5, 512, dtype=torch.bfloat16)
-    ref = F.linear(x.float(), layer.weight())
+    ref = F.linear(x.float(), layer.dequantized())
     layer.pack(torch.bfloat16)
     y = layer(x)
     assert y.dtype == torch.bfloat16
@@ -265,7 +265,7 @@ def test_cuda_kernels_match_the_reference(bits):
     w = torch.randn(512, 1024, generator=torch.Generator().manual_seed(5)) * 0.02
     layer = quant.QuantLinear(1024, 512, bits)
     layer.fill(quant.quantize(w, bits))
-    ref_weight = layer.weight()
+    ref_weight = layer.dequantized()
     layer.cuda().pack(torch.bfloat16)
     assert layer.kind in ("int8", "cuda")
     x = torch.randn(33, 1024, device="cuda", dtype=torch.bfloat16)
