@@ -1,15 +1,19 @@
-"""Image-token blocks and text answers with acceleration on and off, at the real widths.
+"""Image tokens and a text answer in three modes, with forward counts beside the times.
 
-    python -m tests.bench.tasks [--grid 16] [--head-scale 12] [--folder DIR]
+    python -m tests.bench.tasks [--grid 16] [--answer 256] [--head-scale 12] [--folder DIR]
 
-Uses the real-width 2-layer random checkpoint of tests.bench.backbone, loaded in bf16 on the CPU.
-- Image tokens: a text-to-image prompt with CFG (2 rows batched), `--grid`² tokens, 8 steps per
-  block. On: KV cache of completed blocks + threshold acceptance (the pipeline's default);
-  off: the plain official baseline (whole prefix every step, 4 tokens per step).
-- Text: the forward passes a 256-token answer needs (32 steps per block) with threshold
-  acceptance on and off. A random model is never confident, so for this count the lm_head is
-  scaled by `--head-scale`, which makes the random model's choices confident the way a trained
-  model's mostly are; the figure is about the sampler's commit rule, not model quality.
+Rows (every speed-up is measured against the first):
+- official baseline: the official loop, threshold 0.95, the whole prefix every step, the full
+  vocabulary's logits (Defaults().official_baseline() without the image-only vocabulary);
+- cache alone: the same with the KV cache of completed blocks;
+- everything on: the cache, threshold 0.95 and, for image tokens, only the image vocabulary's
+  logits (the pipeline's default). For a text answer this equals the cache alone.
+Uses the real-width 2-layer random checkpoint of tests.bench.backbone, in bf16 on the CPU. Image
+tokens: a text-to-image prompt with CFG (2 rows batched), `--grid`² tokens, 8 steps per block.
+Text: a `--answer`-token answer, 32 steps per block. A random model is never confident, so its
+head is scaled by `--head-scale`, which makes its choices confident the way a trained model's
+mostly are and lets threshold acceptance act; the counts are about the sampler's rule, not about
+quality. `rows()` runs the same on any device (tests/bench/gpu.py calls it at real widths).
 The last line printed is one JSON object.
 """
 
@@ -23,88 +27,113 @@ from pathlib import Path
 import torch
 
 from engine import text
-from engine.backbone import load_backbone
-from engine.sampler import cfg, denoise, generate_text
+from engine.backbone import Backbone, load_backbone
+from engine.sampler import cfg, denoise
 from engine.text import TextTokenizer
 from tests.bench.backbone import real_width_checkpoint
 
+MODES = {  # name: (threshold, use_cache, image-only vocabulary)
+    "official baseline": (0.95, False, False),
+    "cache alone": (0.95, True, False),
+    "everything on": (0.95, True, True),
+}
 
-def image_run(model, tok, grid: int, accelerate: bool) -> dict:
+
+def run_mode(model: Backbone, prompts, init, *, mode: str, steps: int, guidance, mask_id: int):
+    """One denoising run; returns its seconds, forward passes and denoising steps. With guidance
+    it makes image tokens (the image vocabulary applies), without it text."""
+    threshold, use_cache, image_vocab = MODES[mode]
+    image_vocab = image_vocab and guidance is not None
     c = model.config
+    forwards, steps_done = [], []
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    device = next(model.parameters()).device
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        denoise(
+            model,
+            prompts,
+            init,
+            mask_id=mask_id,
+            steps=steps,
+            guidance=guidance,
+            allowed_vocab=(c.image_token_offset, c.vocab_size) if image_vocab else None,
+            threshold=threshold,
+            use_cache=use_cache,
+            on_step=lambda report: steps_done.append(1),
+        )
+        _sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        hook.remove()
+    return {"seconds": round(seconds, 3), "forwards": len(forwards), "steps": len(steps_done)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rows(model: Backbone, tokenizer: TextTokenizer, *, grid: int = 16, answer: int = 256) -> dict:
+    """The three rows for image tokens (CFG, 8 steps per block) and for a text answer (32 steps
+    per block, no early stop), as {"image": {mode: {...}}, "text": {mode: {...}}}."""
+    tok, mask = tokenizer, tokenizer.mask_id
     cond = tok.encode(text.text_to_image("a red fox sitting in the snow at dawn", grid, grid))
     uncond = tok.encode(text.text_to_image_uncond(grid, grid))
-    steps = []
-    start = time.perf_counter()
-    denoise(
-        model,
-        [cond, uncond],
-        torch.full((grid * grid,), tok.mask_id),
-        mask_id=tok.mask_id,
-        steps=8,
-        guidance=cfg(2.0),
-        allowed_vocab=(c.image_token_offset, c.vocab_size),
-        threshold=0.95 if accelerate else None,
-        use_cache=accelerate,
-        on_step=lambda r: steps.append(r.block),
-    )
-    seconds = time.perf_counter() - start
-    blocks = len(set(steps))
-    return {
-        "blocks": blocks,
-        "steps_per_block": round(len(steps) / blocks, 2),
-        "seconds_per_block": round(seconds / blocks, 3),
-    }
-
-
-def text_forwards(model, tok, threshold: float | None) -> int:
-    prompt = tok.encode(text.understanding([("user", "Describe a red fox in the snow.", [])]))
-    count = []
-    generate_text(
-        model,
-        prompt,
-        mask_id=tok.mask_id,
-        eos_id=-1,  # never stop early: the whole 256-token budget is generated
-        gen_length=256,
-        steps=32,
-        threshold=threshold,
-        on_step=lambda r: count.append(1),
-    )
-    return len(count)
+    question = tok.encode(text.understanding([("user", "Describe a red fox in the snow.", [])]))
+    image_init = torch.full((grid * grid,), mask)
+    text_init = torch.full((answer,), mask)
+    out: dict = {"image": {}, "text": {}}
+    with torch.inference_mode():
+        run_mode(model, [question], text_init[:32], mode="cache alone", steps=1, guidance=None,
+                 mask_id=mask)  # fmt: skip  # warm-up: the first call pays for lazy set-up
+        for mode in MODES:
+            out["image"][mode] = run_mode(
+                model, [cond, uncond], image_init, mode=mode, steps=8, guidance=cfg(2.0),
+                mask_id=mask,
+            )  # fmt: skip
+            out["text"][mode] = run_mode(
+                model, [question], text_init, mode=mode, steps=32, guidance=None, mask_id=mask
+            )
+    for task in out.values():
+        base = task["official baseline"]["seconds"]
+        for row in task.values():
+            row["speedup"] = round(base / row["seconds"], 2)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--grid", type=int, default=16)
+    parser.add_argument("--answer", type=int, default=256)
     parser.add_argument("--head-scale", type=float, default=12.0)
     parser.add_argument("--folder", type=Path, default=None)
-    args = parser.parse_args()
-    folder = real_width_checkpoint(args.folder)
+    options = parser.parse_args()
+    folder = real_width_checkpoint(options.folder)
     model = load_backbone(folder, "cpu", torch.bfloat16)
     c = model.config
     tok = TextTokenizer(folder, c.image_token_offset, c.pad_token_id)
-    with torch.inference_mode():
-        on = image_run(model, tok, args.grid, accelerate=True)
-        off = image_run(model, tok, args.grid, accelerate=False)
-        model.lm_head.weight.mul_(args.head_scale)
-        forwards_on = text_forwards(model, tok, 0.95)
-        forwards_off = text_forwards(model, tok, None)
-    result = {
-        "bench": "tasks: acceleration on vs off",
+    with torch.no_grad():
+        model.lm_head.weight.mul_(options.head_scale)
+    result = rows(model, tok, grid=options.grid, answer=options.answer)
+    for task, table in result.items():
+        for mode, row in table.items():
+            print(f"{task:6} {mode:18} {row['seconds']:8.2f} s  {row['forwards']:4d} forwards  "
+                  f"{row['steps']:4d} steps  x{row['speedup']}")  # fmt: skip
+    summary = {
+        "bench": "tasks: official baseline, cache alone, everything on",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "dtype": "bfloat16",
         "layers": c.num_hidden_layers,
-        "image_grid": [args.grid, args.grid],
+        "image_grid": [options.grid, options.grid],
         "image_cfg_rows": 2,
-        "image_on": on,
-        "image_off": off,
-        "image_block_speedup": round(off["seconds_per_block"] / on["seconds_per_block"], 2),
-        "answer_tokens": 256,
-        "answer_forwards_threshold_on": forwards_on,
-        "answer_forwards_threshold_off": forwards_off,
-        "head_scale_for_answer": args.head_scale,
+        "answer_tokens": options.answer,
+        "head_scale": options.head_scale,
+        **result,
     }
-    print(json.dumps(result))
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
