@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QGuiApplication, QImage, QKeySequence, QPixmap, QShortcut
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
+from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QFrame,
@@ -169,13 +169,28 @@ class ChatPanel(QWidget):
         column.addWidget(self.question)
         column.addLayout(options)
         column.addLayout(buttons)
-        QShortcut(QKeySequence("Ctrl+Return"), self.question, self.ask)
+        self.question.installEventFilter(self)  # Ctrl+Enter sends, before any window shortcut
         conversation.messages_changed.connect(self.rebuild)
         conversation.message_updated.connect(self._updated)
         conversation.busy_changed.connect(self._enable)
         conversation.error_changed.connect(self._error)
         self.rebuild()
         self._error(conversation.error)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        """Ctrl+Enter in the question box sends it; the box claims the key from window-wide
+        shortcuts (Generate has the same keys) while it has the focus."""
+        if watched is self.question and event.type() in (QEvent.Type.ShortcutOverride,
+                                                         QEvent.Type.KeyPress):  # fmt: skip
+            send = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and bool(
+                event.modifiers() & Qt.KeyboardModifier.ControlModifier
+            )
+            if send:
+                event.accept()
+                if event.type() == QEvent.Type.KeyPress:
+                    self.ask()
+                return True
+        return super().eventFilter(watched, event)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         return QSize(360, 520)

@@ -2,6 +2,7 @@
 toggle sends the mask, Markdown renders, and a message can be copied."""
 
 import numpy as np
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from app.chat import STOPPED, Conversation
@@ -63,7 +64,7 @@ def test_markdown_renders_and_copy_takes_the_text(qtbot):
     panel = ChatPanel(chat, lambda: (PHOTO, None))
     qtbot.addWidget(panel)
     panel.question.setPlainText("Describe it as a report.")
-    panel.ask()
+    qtbot.keyClick(panel.question, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     answer = (
         "# Report\n\n- a fox\n- a tree\n\n```\nprint(1)\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
     )
