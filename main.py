@@ -16,15 +16,54 @@ def main() -> int:
         if paths is None:  # a command, or a mistake the command line names: never a silent window
             return cli(argv)
 
+    return run_window(paths)
+
+
+def run_window(paths: list) -> int:
+    """Settings, the engine client on a qasync loop, the workspace and the window; the engine
+    starts (and loads the model) after the window shows, and stops when it closes."""
+    import asyncio
+
+    import qasync
     from PySide6.QtWidgets import QApplication
 
+    from app.engine_client import EngineClient
     from app.settings import Settings
+    from app.workspace import Workspace
     from ui.main_window import MainWindow
+    from ui.theme import apply_dark_theme
 
     app = QApplication(sys.argv[:1])
-    window = MainWindow(Settings.load(), **open_paths(MainWindow, paths))
+    app.setApplicationName("LLaDA Studio")
+    settings = Settings.load()
+    if settings.theme != "light":  # dark by default ("system" too: the app's own look)
+        apply_dark_theme(app)
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    client = EngineClient()
+    workspace = Workspace(settings, client.submit)
+    window = MainWindow(settings, client, workspace, **open_paths(MainWindow, paths))
     window.show()
-    return app.exec()
+    closed = asyncio.Event()
+    app.lastWindowClosed.connect(closed.set)
+    with loop:
+        loop.run_until_complete(serve(client, settings, window, closed))
+    return 0
+
+
+async def serve(client, settings, window, closed) -> None:
+    from app.engine_client import EngineError
+    from engine.protocol import LoadModel, new_job_id
+
+    try:
+        await client.start()
+    except EngineError as error:
+        window.show_error(str(error))
+    else:
+        if settings.model_folder:
+            client.submit(LoadModel(new_job_id(), settings.model_folder, settings.device))
+    await closed.wait()
+    await client.shutdown()
 
 
 def open_paths(window_class, paths: list) -> dict:

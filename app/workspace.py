@@ -12,6 +12,8 @@ from PySide6.QtCore import QObject, Signal
 from app.document import Document
 from app.generate import GenerateForm
 from app.settings import Settings
+from app.tools import Tools
+from engine.errors import StudioError
 from engine.protocol import (
     Event,
     Failed,
@@ -48,9 +50,13 @@ class Workspace(QObject):
         self.documents: list[Document] = []
         self.current: Document | None = None
         self.form = GenerateForm(self._submit_generate, parent=self)
+        self.tools = Tools(
+            settings.brush_size, settings.brush_hardness, overlay_opacity=settings.mask_opacity
+        )
         self.generating: dict[str, Progress | None] = {}  # generate job -> its last progress
         self.prompts: dict[str, str] = {}  # generate job -> its prompt, for the new tab's title
         self.error = ""
+        self.saved_paths: dict[int, str] = {}  # id(document) -> where it was last saved
 
     # ------------------------------------------------------------ documents
 
@@ -86,6 +92,37 @@ class Workspace(QObject):
     def set_error(self, error: str) -> None:
         self.error = error
         self.error_changed.emit(error)
+
+    # ------------------------------------------------------------ files
+
+    def open_file(self, path: str) -> Document | None:
+        """Open an image file as a new tab, by the engine's rules (EXIF orientation; 16-bit, CMYK
+        and alpha converted). An image LLaDA Studio made puts its parameters back into the
+        generate panel. A file that cannot be read sets `error` to one sentence."""
+        imagefile = _imagefile()
+        try:
+            image = imagefile.read_image(path)
+            metadata = imagefile.read_metadata(path)
+        except (StudioError, OSError, ValueError) as error:
+            self.set_error(_sentence(error, f"{Path(path).name} could not be opened"))
+            return None
+        document = self.open_image(image, path=path, title=Path(path).name, metadata=metadata)
+        self.form.restore(metadata)
+        self.add_recent(path)
+        return document
+
+    def save_file(self, document: Document, path: str) -> bool:
+        """Write the document's current version with its metadata (PNG text chunks, or EXIF
+        UserComment for JPEG and WebP); False with `error` set when it cannot be written."""
+        version = document.current_version
+        try:
+            _imagefile().save_image(path, version.image, version.metadata)
+        except (StudioError, OSError, ValueError) as error:
+            self.set_error(_sentence(error, f"{Path(path).name} could not be saved"))
+            return False
+        self.saved_paths[id(document)] = path
+        self.add_recent(path)
+        return True
 
     # ------------------------------------------------------------ recent files
 
@@ -148,3 +185,15 @@ class Workspace(QObject):
 def _title(prompt: str, length: int = 32) -> str:
     prompt = " ".join(prompt.split())
     return prompt if len(prompt) <= length else prompt[: length - 1] + "…"
+
+
+def _sentence(error: Exception, fallback: str) -> str:
+    text = str(error).strip()
+    return text if isinstance(error, StudioError) and text else f"{fallback}: {text or error!r}."
+
+
+def _imagefile():
+    """engine/imagefile.py (torch-free: PIL, numpy), imported when first needed."""
+    from engine import imagefile
+
+    return imagefile

@@ -1,0 +1,225 @@
+"""Drive the real app (real engine process, tiny checkpoint) into states and grab each as a PNG.
+
+    python -m tests.screenshots OUT_DIR      (under an X server; `python3 dev.py screenshots`
+                                              starts Xvfb and runs this)
+
+A state is an async function decorated with `@state("name")`: it gets the Shot (window, client,
+workspace) and leaves the window as it should look; the PNG is grabbed after it returns. States
+run in the order they are declared, each starting where the previous one left the window. To add
+one, write a function below the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+STATES: list[tuple[str, Callable[[Shot], Awaitable[None]]]] = []
+WINDOW_SIZE = (1440, 900)
+
+
+def state(name: str):
+    def register(function):
+        STATES.append((name, function))
+        return function
+
+    return register
+
+
+@dataclass
+class Shot:
+    window: object  # ui.main_window.MainWindow
+    client: object  # app.engine_client.EngineClient
+    workspace: object  # app.workspace.Workspace
+    model: Path
+    work: Path  # a scratch folder
+    seen: list = field(default_factory=list)  # every engine event so far
+
+    async def settle(self, seconds: float = 0.3) -> None:
+        """Let Qt lay out and paint."""
+        await asyncio.sleep(seconds)
+
+    async def until(self, test: Callable[[], bool], timeout: float = 120.0) -> None:
+        for _ in range(int(timeout / 0.02)):
+            if test():
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"the app did not reach the state within {timeout} s")
+
+
+def landscape(height: int = 576, width: int = 768) -> np.ndarray:
+    """A made-up photo (sky, sun, hills, lake) so the screenshots show a picture, not noise."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = y / height
+    sky = np.stack([70 + 150 * t, 110 + 110 * t, 190 + 40 * t], -1)
+    sun = np.exp(-(((x - 0.72 * width) ** 2 + (y - 0.3 * height) ** 2) / (0.006 * width**2)))
+    image = sky + sun[..., None] * np.array([255, 200, 120]) * 0.9
+    ridge = 0.55 * height + 0.06 * height * np.sin(x / width * 7.0) + 0.03 * height * np.sin(x / 37)
+    hills = y > ridge
+    image[hills] = np.stack([40 + 30 * t, 90 + 40 * t, 50 + 10 * t], -1)[hills]
+    lake = y > 0.8 * height
+    ripple = 8 * np.sin(y / 3.0 + x / 40.0)
+    image[lake] = np.stack([40 + ripple, 90 + ripple, 150 + 20 * t], -1)[lake]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the states, in order
+
+
+@state("empty")
+async def empty(shot: Shot) -> None:
+    await shot.settle()
+
+
+@state("mask")
+async def mask(shot: Shot) -> None:
+    document = shot.workspace.open_image(landscape(), title="lake.png")
+    await shot.settle()
+    height, width = document.image.shape[:2]
+    document.paint_line([(0.62 * width, 0.2 * height), (0.8 * width, 0.25 * height),
+                         (0.78 * width, 0.4 * height), (0.64 * width, 0.38 * height)],
+                        radius=0.06 * width, hardness=0.8)  # fmt: skip
+    document.begin_stroke(0.2 * width, 0.85 * height, 0.05 * width, 0.8)
+    document.stroke_to(0.35 * width, 0.88 * height)  # a stroke still being painted
+    shot.window.edit_bar.instruction.setText("replace the sun with a full moon")
+    await shot.settle()
+
+
+@state("running")
+async def running(shot: Shot) -> None:
+    document = shot.workspace.current
+    document.end_stroke()
+    grabbed = asyncio.get_running_loop().create_future()
+
+    def grab_at_preview(event) -> None:
+        # Grab inside the event's delivery, right after the overlay showed it: the tiny model
+        # is too fast to catch a step from outside.
+        from engine.protocol import Progress
+
+        if (
+            isinstance(event, Progress)
+            and event.stage == "denoise tokens"
+            and event.preview is not None
+            and event.step * 2 >= event.total
+            and not grabbed.done()
+        ):
+            grabbed.set_result(shot.window.grab())
+
+    shot.client.add_handler(grab_at_preview)
+    shot.window.run_edit()
+    shot.grabbed = await asyncio.wait_for(grabbed, 300)
+    await shot.until(lambda: not document.jobs and len(document.versions) == 2, 300)
+
+
+@state("compare")
+async def compare(shot: Shot) -> None:
+    from ui.document_page import SPLIT
+
+    shot.window.set_compare(SPLIT)
+    page = shot.window.page()
+    page.compare.set_split(0.55)
+    await shot.settle()
+
+
+@state("generate")
+async def generate(shot: Shot) -> None:
+    from ui.document_page import NORMAL
+
+    shot.window.page().set_mode(NORMAL)
+    form = shot.workspace.form
+    form.set_prompt("a lighthouse on a rocky coast at dusk")
+    form.set_size(384, 256)
+    form.set_seed(7)
+    form.set_seed_locked(True)
+    count = len(shot.workspace.documents)
+    shot.window.generate()
+    await shot.until(
+        lambda: len(shot.workspace.documents) > count and not shot.workspace.generating
+    )
+    await shot.settle()
+
+
+# ------------------------------------------------------------------ running them
+
+
+def write_tiny_model(folder: Path) -> Path:
+    """In a child process, so this GUI process never imports torch (as in the app)."""
+    model = folder / "LLaDA2.0-Uni-tiny"
+    subprocess.run([sys.executable, "-m", "engine.tiny", str(model)], check=True)
+    return model
+
+
+async def drive(shot: Shot, out_dir: Path, names: set[str] | None) -> list[Path]:
+    from app.engine_client import EngineError
+    from engine.protocol import LoadModel, new_job_id
+
+    try:
+        await shot.client.start()
+    except EngineError as error:
+        raise SystemExit(str(error)) from None
+    shot.client.add_handler(shot.seen.append)
+    events = await shot.client.run(LoadModel(new_job_id(), str(shot.model), "cpu"))
+    if type(events[-1]).__name__ != "Finished":
+        raise SystemExit(f"The tiny model did not load: {events[-1]}")
+    written = []
+    try:
+        for name, function in STATES:
+            shot.grabbed = None
+            await function(shot)
+            if names is not None and name not in names:
+                continue
+            pixmap = shot.grabbed or shot.window.grab()
+            path = out_dir / f"{name}.png"
+            pixmap.save(str(path))
+            written.append(path)
+            print(f"{path}  {pixmap.width()}x{pixmap.height()}", flush=True)
+    finally:
+        await shot.client.shutdown()
+    return written
+
+
+def main(argv: list[str]) -> int:
+    out_dir = Path(argv[0] if argv else "screenshots").resolve()
+    names = set(argv[1].split(",")) if len(argv) > 1 else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    from app.engine_client import EngineClient, EngineProcess
+    from app.settings import Settings
+    from app.workspace import Workspace
+    from ui.main_window import MainWindow
+    from ui.theme import apply_dark_theme
+
+    with tempfile.TemporaryDirectory(prefix="llada-shots-") as scratch:
+        work = Path(scratch)
+        model = write_tiny_model(work)
+        app = QApplication(["LLaDA Studio"])
+        apply_dark_theme(app)
+        loop = qasync.QEventLoop(app)
+        asyncio.set_event_loop(loop)
+        settings = Settings(model_folder=str(model), device="cpu", results_folder=str(work))
+        client = EngineClient(partial(EngineProcess.start, work / "engine.log"))
+        workspace = Workspace(settings, client.submit, save_settings=lambda: None)
+        window = MainWindow(settings, client, workspace)
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        shot = Shot(window, client, workspace, model, work)
+        with loop:
+            written = loop.run_until_complete(drive(shot, out_dir, names))
+        print(f"{len(written)} screenshots in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
