@@ -1,12 +1,15 @@
-"""One denoising step with and without the KV cache, at the real widths, on the CPU.
+"""One denoising step in three modes, at the real widths, on the CPU.
 
     python -m tests.bench.backbone [--prompt 1024] [--repeats 3] [--folder DIR]
 
 A random checkpoint with the real backbone widths (hidden 2048, 256 experts of 512, top-8, the
 real vocabulary) but 2 layers is written once (about 3 GB) and loaded through load_backbone, in
 bf16. The step is the one the sampler runs for the first generated block after a prompt of
-`--prompt` tokens: uncached it re-runs the whole prefix, cached it runs the block alone.
-The last line printed is one JSON object.
+`--prompt` tokens, in the rows of tests.bench.tasks: the official baseline re-runs the whole
+prefix and computes the full vocabulary's logits; the cache alone runs the block alone; everything
+on also computes only the image vocabulary's logits. Forwards per block of 8 steps go beside:
+the cached modes add one pass that stores the finished block. `step_rows()` runs the same on any
+device (tests/bench/gpu.py calls it). The last line printed is one JSON object.
 """
 
 import argparse
@@ -60,6 +63,49 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def step_rows(model, prompt_tokens: int = 1024, repeats: int = 3, steps: int = 8) -> dict:
+    """Seconds per denoising step and forwards per block in the three modes, on the model's
+    device: {mode: {"step_s", "forwards_per_block", "speedup"}}."""
+    c = model.config
+    device = next(model.parameters()).device
+    dtype = model.model.word_embeddings.weight.dtype
+    prompt = torch.randint(0, c.image_token_offset, (prompt_tokens,)).tolist()
+    layout = Layout([prompt], torch.full((BLOCK,), 1), mask_id=1, B=BLOCK).to(device)
+    hi = layout.blocks * BLOCK
+    lo = hi - BLOCK
+    image_vocab = (c.image_token_offset, c.vocab_size)
+    cache = KVCache(c, 1, hi, device, dtype)
+    with torch.inference_mode():
+        model(layout.ids[:, :lo], layout.positions[:, :lo], layout.mask(0, lo, lo), cache,
+              store=True, last=0)  # fmt: skip
+        block = (layout.ids[:, lo:hi], layout.positions[:, lo:hi], layout.mask(lo, hi, hi))
+        prefix = (layout.ids[:, :hi], layout.positions[:, :hi], layout.mask(0, hi, hi))
+        runs = {
+            "official baseline": lambda: model(*prefix, last=BLOCK),
+            "cache alone": lambda: model(*block, cache),
+            "everything on": lambda: model(*block, cache, vocab=image_vocab),
+        }
+        seconds = {mode: timed(_synced(fn, device), repeats) for mode, fn in runs.items()}
+    base = seconds["official baseline"]
+    return {
+        mode: {
+            "step_s": round(t, 4),
+            "forwards_per_block": steps + (mode != "official baseline"),
+            "speedup": round(base / t, 2),
+        }
+        for mode, t in seconds.items()
+    }
+
+
+def _synced(fn, device):
+    def run():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompt", type=int, default=1024)
@@ -73,39 +119,24 @@ def main() -> None:
     model = load_backbone(folder, "cpu", torch.bfloat16)
     load_s = time.perf_counter() - start
     c = model.config
-    prompt = torch.randint(0, c.image_token_offset, (args.prompt,)).tolist()
-    layout = Layout([prompt], torch.full((BLOCK,), 1), mask_id=1, B=BLOCK)
-    P, hi = layout.P, layout.blocks * BLOCK
-    lo = hi - BLOCK
-    cache = KVCache(c, 1, hi, "cpu", torch.bfloat16)
-    with torch.inference_mode():
-        model(layout.ids[:, :lo], layout.positions[:, :lo], layout.mask(0, lo, lo), cache,
-              store=True, last=0)  # fmt: skip
-
-        def uncached():
-            model(layout.ids[:, :hi], layout.positions[:, :hi], layout.mask(0, hi, hi), last=BLOCK)
-
-        def cached():
-            model(layout.ids[:, lo:hi], layout.positions[:, lo:hi], layout.mask(lo, hi, hi), cache)
-
-        t_uncached = timed(uncached, args.repeats)
-        t_cached = timed(cached, args.repeats)
+    rows = step_rows(model, args.prompt, args.repeats)
+    for mode, row in rows.items():
+        print(f"{mode:18} {row['step_s']:8.4f} s/step  {row['forwards_per_block']} forwards "
+              f"per block  x{row['speedup']}")  # fmt: skip
     result = {
-        "bench": "backbone denoising step",
+        "bench": "backbone denoising step: official baseline, cache alone, everything on",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "dtype": "bfloat16",
         "layers": c.num_hidden_layers,
         "hidden": c.hidden_size,
         "experts": f"{c.num_experts} x {c.moe_intermediate_size}, top-{c.num_experts_per_tok}",
-        "prompt_tokens": P,
+        "prompt_tokens": args.prompt,
         "block": BLOCK,
         "load_s": round(load_s, 2),
         "weights_gib": round(weights_gib, 2),
         "load_peak_rss_gib": round(peak_gib, 2),
-        "step_uncached_s": round(t_uncached, 4),
-        "step_cached_s": round(t_cached, 4),
-        "speedup": round(t_uncached / t_cached, 2),
+        **rows,
     }
     print(json.dumps(result))
 
