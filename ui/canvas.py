@@ -26,7 +26,6 @@ from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
     QCursor,
-    QImage,
     QKeyEvent,
     QMouseEvent,
     QPainter,
@@ -39,8 +38,8 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QWidget
 
 from app.document import Document
-from app.mask import TILE
 from app.tools import BRUSH, LASSO, RECT, Tools
+from ui.canvas_layers import TILE, ImagePyramid, MaskOverlay, to_qimage
 
 MIN_ZOOM, MAX_ZOOM = 1 / 64, 32.0
 WHEEL_STEP = 2 ** (1 / 4)  # one wheel notch (120 units) zooms by this factor
@@ -48,100 +47,6 @@ SMOOTH_BELOW = 2.0  # zooms below this are filtered; above, pixels show as squar
 BACKGROUND = QColor(38, 38, 42)
 SPLIT, SIDE = "split", "side"
 PYRAMIDS_KEPT = 3  # converted versions kept, so Tab between two versions converts nothing
-
-
-def to_qimage(image: np.ndarray) -> QImage:
-    """A deep copy of an [H, W, 3] uint8 array as an RGB32 QImage (the fastest format to draw)."""
-    rgb = np.ascontiguousarray(image)
-    height, width = rgb.shape[:2]
-    wrapped = QImage(rgb.data, width, height, rgb.strides[0], QImage.Format.Format_RGB888)
-    return wrapped.convertToFormat(QImage.Format.Format_RGB32)
-
-
-class ImagePyramid:
-    """A version's pixels at full size and halved until small, converted once per version."""
-
-    def __init__(self, image: np.ndarray):
-        self.source = image
-        level = to_qimage(image)
-        self.width, self.height = level.width(), level.height()
-        self.levels = [level]
-        while min(level.width(), level.height()) > 128 and len(self.levels) < 7:
-            level = level.scaled(
-                max(level.width() // 2, 1),
-                max(level.height() // 2, 1),
-                Qt.AspectRatioMode.IgnoreAspectRatio,
-                Qt.TransformationMode.SmoothTransformation,
-            )
-            self.levels.append(level)
-
-    def pick(self, zoom: float) -> QImage:
-        """The smallest level that still has at least one pixel per screen pixel at `zoom`."""
-        chosen = self.levels[0]
-        for level in self.levels[1:]:
-            if level.width() / self.width < zoom:
-                break
-            chosen = level
-        return chosen
-
-
-class MaskOverlay:
-    """The mask as premultiplied ARGB tiles, kept only where it has coverage."""
-
-    def __init__(self):
-        self.tiles: dict[tuple[int, int], tuple[np.ndarray, QImage]] = {}
-        self.dirty: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # tile -> x0 y0 x1 y1
-        self.lut = np.zeros(256, np.uint32)
-
-    def set_colour(self, rgb: tuple[int, int, int], opacity: float) -> None:
-        alpha = np.arange(256, dtype=np.float64) * opacity  # coverage -> alpha 0..255
-        channels = [np.rint(alpha * c / 255).astype(np.uint32) for c in rgb]
-        a = np.rint(alpha).astype(np.uint32)
-        self.lut = (a << 24) | (channels[0] << 16) | (channels[1] << 8) | channels[2]
-
-    def mark(self, x: int, y: int, w: int, h: int) -> None:
-        for row in range(y // TILE, (y + h - 1) // TILE + 1):
-            for col in range(x // TILE, (x + w - 1) // TILE + 1):
-                tx, ty = col * TILE, row * TILE
-                box = (max(x, tx), max(y, ty), min(x + w, tx + TILE), min(y + h, ty + TILE))
-                old = self.dirty.get((row, col))
-                if old is not None:
-                    box = (
-                        min(old[0], box[0]), min(old[1], box[1]),
-                        max(old[2], box[2]), max(old[3], box[3]),
-                    )  # fmt: skip
-                self.dirty[row, col] = box
-
-    def mark_all(self, shape: tuple[int, int]) -> None:
-        self.mark(0, 0, shape[1], shape[0])
-
-    def tile(self, key: tuple[int, int], coverage: np.ndarray) -> QImage | None:
-        """The tile's image, brought up to date from `coverage` first; None where it is empty."""
-        box = self.dirty.pop(key, None)
-        if box is not None:
-            self._refresh(key, box, coverage)
-        entry = self.tiles.get(key)
-        return None if entry is None else entry[1]
-
-    def _refresh(self, key, box, coverage: np.ndarray) -> None:
-        row, col = key
-        tile = coverage[row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE]
-        entry = self.tiles.get(key)
-        if not tile.any():
-            self.tiles.pop(key, None)
-            return
-        if entry is None:
-            pixels = np.ascontiguousarray(self.lut[tile])
-            image = QImage(
-                pixels.data, tile.shape[1], tile.shape[0], pixels.strides[0],
-                QImage.Format.Format_ARGB32_Premultiplied,
-            )  # fmt: skip
-            self.tiles[key] = (pixels, image)  # the QImage shares the array's memory
-            return
-        x0, y0, x1, y1 = box
-        ox, oy = col * TILE, row * TILE
-        inner = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
-        entry[0][inner] = self.lut[tile[inner]]
 
 
 class CanvasView(QWidget):
@@ -158,8 +63,7 @@ class CanvasView(QWidget):
         self._fitting = True  # keep fitting on resize until the user zooms or pans
         self._pyramid: ImagePyramid | None = None
         self._pyramids: list[ImagePyramid] = []  # most recently shown first
-        self._overlay = MaskOverlay()
-        self._overlay_shape: tuple[int, int] | None = None
+        self._overlay: MaskOverlay | None = None
         self._cursor: QPointF | None = None  # last mouse position, for the brush outline
         self._drag: dict | None = None  # the gesture under way: pan, stroke, rect, lasso, split
         self._space = False
@@ -179,7 +83,6 @@ class CanvasView(QWidget):
         tools.overlay_changed.connect(self._overlay_colour_changed)
         tools.size_changed.connect(lambda _: self._update_outline())
         tools.tool_changed.connect(lambda _: self._update_cursor())
-        self._overlay.set_colour(tools.overlay_color, tools.overlay_opacity)
         self.set_document(document)
 
     # ------------------------------------------------------------ the document
@@ -191,7 +94,7 @@ class CanvasView(QWidget):
             self.document.mask_changed.disconnect(self._mask_changed)
             self.document.versions_changed.disconnect(self.update)
         self.document = document
-        self._overlay_shape = None
+        self._overlay = None
         document.image_changed.connect(self._image_changed)
         document.mask_changed.connect(self._mask_changed)
         document.versions_changed.connect(self.update)
@@ -201,11 +104,7 @@ class CanvasView(QWidget):
 
     def _image_changed(self) -> None:
         self._pyramid = self._pyramid_of(self.document.image)
-        if self._overlay_shape != self.document.mask.shape:
-            self._overlay = MaskOverlay()
-            self._overlay.set_colour(self.tools.overlay_color, self.tools.overlay_opacity)
-            self._overlay.mark_all(self.document.mask.shape)
-            self._overlay_shape = self.document.mask.shape
+        self._check_overlay()
         self.update()
 
     def _pyramid_of(self, image: np.ndarray) -> ImagePyramid:
@@ -219,14 +118,21 @@ class CanvasView(QWidget):
         self._pyramids = [pyramid, *self._pyramids][:PYRAMIDS_KEPT]
         return pyramid
 
+    def _check_overlay(self) -> None:
+        """A fresh overlay for a new document or a mask of another size."""
+        shape = self.document.mask.shape
+        if self._overlay is None or self._overlay.shape != shape:
+            colour, opacity = self.tools.overlay_color, self.tools.overlay_opacity
+            self._overlay = MaskOverlay(shape, colour, opacity)
+
     def _mask_changed(self, x: int, y: int, w: int, h: int) -> None:
+        self._check_overlay()
         self._overlay.mark(x, y, w, h)
-        for pane in self._panes():
-            self.update(self._widget_rect(QRectF(x, y, w, h), pane))
+        for rect in self.screen_rects(x, y, w, h):
+            self.update(rect)
 
     def _overlay_colour_changed(self) -> None:
         self._overlay.set_colour(self.tools.overlay_color, self.tools.overlay_opacity)
-        self._overlay.mark_all(self.document.mask.shape)
         self.update()
 
     # ------------------------------------------------------------ view transform
@@ -291,6 +197,10 @@ class CanvasView(QWidget):
     def _pane_at(self, pos: QPointF) -> QRectF:
         panes = self._panes()
         return panes[0] if len(panes) > 1 and pos.x() < panes[1].left() else panes[-1]
+
+    def screen_rects(self, x: float, y: float, w: float, h: float) -> list[QRect]:
+        """Where an image rect shows in the widget (once per pane), with a margin for smoothing."""
+        return [self._widget_rect(QRectF(x, y, w, h), pane) for pane in self._panes()]
 
     def _widget_rect(self, image_rect: QRectF, pane: QRectF) -> QRect:
         top_left = image_rect.topLeft() * self.zoom + self.offset + pane.topLeft()
@@ -392,22 +302,23 @@ class CanvasView(QWidget):
             self._draw_mask(painter, placed, visible)
 
     def _draw_mask(self, painter, placed: QRectF, visible: QRectF) -> None:
-        x0 = (visible.left() - placed.left()) / self.zoom
-        y0 = (visible.top() - placed.top()) / self.zoom
-        x1 = (visible.right() - placed.left()) / self.zoom
-        y1 = (visible.bottom() - placed.top()) / self.zoom
+        step = self._overlay.step_for(self.zoom)
+        scale = self.zoom * step  # screen pixels per overlay pixel
+        x0 = (visible.left() - placed.left()) / scale
+        y0 = (visible.top() - placed.top()) / scale
+        x1 = (visible.right() - placed.left()) / scale
+        y1 = (visible.bottom() - placed.top()) / scale
         coverage = self.document.mask.coverage
-        rows = range(max(int(y0) // TILE, 0), int(np.ceil(y1 / TILE)))
-        cols = range(max(int(x0) // TILE, 0), int(np.ceil(x1 / TILE)))
-        for row in rows:
-            for col in cols:
-                image = self._overlay.tile((row, col), coverage)
+        for row in range(max(int(y0) // TILE, 0), int(np.ceil(y1 / TILE))):
+            for col in range(max(int(x0) // TILE, 0), int(np.ceil(x1 / TILE))):
+                image = self._overlay.tile(step, (row, col), coverage)
                 if image is None:
                     continue
-                left = round(placed.left() + col * TILE * self.zoom)
-                top = round(placed.top() + row * TILE * self.zoom)
-                right = round(placed.left() + (col * TILE + image.width()) * self.zoom)
-                bottom = round(placed.top() + (row * TILE + image.height()) * self.zoom)
+                # rounded shared edges: neighbouring tiles meet without a seam at any zoom
+                left = round(placed.left() + col * TILE * scale)
+                top = round(placed.top() + row * TILE * scale)
+                right = round(placed.left() + (col * TILE + image.width()) * scale)
+                bottom = round(placed.top() + (row * TILE + image.height()) * scale)
                 painter.drawImage(QRect(left, top, right - left, bottom - top), image)
 
     def _draw_compare(self, painter, clip: QRectF) -> None:

@@ -159,6 +159,7 @@ def pixel(canvas, pos):
 def test_overlay_tints_the_mask_with_the_chosen_colour_and_opacity(canvas):
     canvas.tools.set_overlay_color((0, 0, 255))
     canvas.tools.set_overlay_opacity(1.0)
+    canvas.tools.set_size(60)  # 12 screen pixels wide at fit
     drag(canvas, [QPointF(200, 200), QPointF(400, 200)])
     assert pixel(canvas, QPoint(300, 200)).getRgb()[:3] == (0, 0, 255)
     assert pixel(canvas, QPoint(300, 300)).getRgb()[:3] == (0, 120, 0)
@@ -219,3 +220,52 @@ def test_badge_when_the_viewed_version_is_not_current(canvas):
     assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (0, 120, 0)
     top_left = pixel(canvas, QPoint(14, 14)).getRgb()[:3]
     assert top_left != (0, 120, 0)  # the badge is drawn there
+
+
+def test_overlay_tiles_follow_every_change_at_every_step():
+    """After marks, each tile drawn equals a fresh colouring of the mask, at fine and coarse steps."""
+    from app.mask import MaskLayer
+    from ui.canvas_layers import TILE as OVERLAY_TILE
+    from ui.canvas_layers import MaskOverlay, pooled
+
+    mask = MaskLayer(700, 900)
+    overlay = MaskOverlay(mask.shape, (10, 200, 30), 0.7)
+    rng = np.random.default_rng(2)
+
+    def check():
+        for step in (1, 2, 8):
+            rows = -(-(-(-700 // step)) // OVERLAY_TILE)
+            cols = -(-(-(-900 // step)) // OVERLAY_TILE)
+            for key in np.ndindex(rows, cols):
+                image = overlay.tile(step, key, mask.coverage)
+                r, c = key
+                h, w = -(-700 // step), -(-900 // step)
+                box = (c * OVERLAY_TILE, r * OVERLAY_TILE,
+                       min((c + 1) * OVERLAY_TILE, w), min((r + 1) * OVERLAY_TILE, h))  # fmt: skip
+                expected = overlay.lut[pooled(mask.coverage, step, box)]
+                if image is None:
+                    assert not expected.any()
+                else:
+                    assert np.array_equal(overlay.tiles[step][key][0], expected)
+
+    check()
+    for _ in range(6):
+        x, y = rng.uniform(0, 900), rng.uniform(0, 700)
+        rect = mask.dab(x, y, rng.uniform(2, 90), 0.5, erase=bool(rng.integers(2)))
+        if rect is not None:
+            overlay.mark(*rect)
+        check()
+    mask.set_region((0, 0, 900, 700), 0)
+    overlay.mark(0, 0, 900, 700)
+    check()
+
+
+def test_pooling_keeps_thin_strokes_and_steps_follow_zoom():
+    from ui.canvas_layers import MaskOverlay, pooled
+
+    coverage = np.zeros((10, 10), np.uint8)
+    coverage[9, 3] = 200  # a one-pixel stroke in the partial last block
+    assert pooled(coverage, 4, (0, 0, 3, 3))[2, 0] == 200
+    assert MaskOverlay.step_for(1.0) == 1 and MaskOverlay.step_for(0.5) == 2
+    assert MaskOverlay.step_for(0.26) == 2 and MaskOverlay.step_for(0.25) == 4
+    assert MaskOverlay.step_for(4.0) == 1 and MaskOverlay.step_for(0.001) == 32
