@@ -201,9 +201,13 @@ class EngineClient(QObject):
     def model(self) -> LoadModel | None:
         return self._model
 
-    def add_handler(self, handler: Callable[[Event], None]) -> None:
-        """Call `handler(event)` for every event, on the GUI thread (e.g. `Document.handle`)."""
-        self._handlers.append(handler)
+    def add_handler(self, handler: Callable[[Event], None], *, first: bool = False) -> None:
+        """Call `handler(event)` for every event, on the GUI thread (e.g. `Document.handle`);
+        `first`: before the handlers added so far (the history saves results before they show)."""
+        if first:
+            self._handlers.insert(0, handler)
+        else:
+            self._handlers.append(handler)
 
     async def start(self) -> None:
         """Start the engine and wait for it to say it is ready; raises EngineError if it cannot."""
