@@ -118,6 +118,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", type=parse_device, default="auto", help="auto, cpu, cuda or cuda:N"
     )
+    from engine.quant_commands import add_load_flags  # torch-free
+
+    add_load_flags(parser)  # --precision, --vram
     rules.add_flag(parser, "seed", default=0, help="one seed drives every random draw (default 0)")
     rules.add_flag(parser, "steps", help="denoising steps per block (official: 8 images, 32 text)")
     rules.add_flag(parser, "block_length", help="tokens per block (official 32)")
@@ -165,10 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--question", required=True)
     rules.add_flag(ask, "max_tokens", help="answer length limit (official 2048)")
 
-    from engine import doctor, download  # torch-free; each brings its own handler
+    from engine import doctor, download, quant_commands  # torch-free; each brings its handler
 
     download.add_command(sub)
     doctor.add_command(sub)
+    quant_commands.add_command(sub)  # quantize, estimate
     return parser
 
 
@@ -236,7 +240,13 @@ def run(options: argparse.Namespace, out=sys.stdout) -> None:
         if options.command == "ask":
             images = tuple(vision.read_image(p) for p in options.image)
             mask = read_mask(options.mask) if options.mask else None
-        pipeline = Pipeline.load(options.model, device=options.device, on_progress=bar)
+        pipeline = Pipeline.load(
+            options.model,
+            device=options.device,
+            on_progress=bar,
+            precision=options.precision,
+            vram=options.vram,
+        )
         if options.command == "generate":
             width, height = options.size
             result = pipeline.generate(

@@ -280,3 +280,50 @@ def test_cuda_quantized_backbone_matches_cpu(tiny_checkpoint, precision):
     model = quant.load_backbone(tiny_checkpoint, "cuda", torch.bfloat16, precision)
     ids, positions, mask = (t.cuda() for t in batch())
     assert relative_error(model(ids, positions, mask).cpu(), cpu) < LOGIT_BOUND[precision]
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def test_estimate_prints_the_plan_without_loading(tiny_checkpoint, capsys, monkeypatch):
+    from engine import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("estimate must not load weights")
+
+    monkeypatch.setattr(quant, "load_backbone", no_loading)
+    assert cli.main(["estimate", "--model", str(tiny_checkpoint), "--vram", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "budget 15.2 GiB" in printed and "backbone" in printed and "decoder" in printed
+
+
+def test_quantize_command_writes_a_folder(tiny_checkpoint, tmp_path, capsys):
+    from engine import cli
+
+    out = tmp_path / "int8"
+    args = ["quantize", "--model", str(tiny_checkpoint), "--bits", "8", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert str(out) in capsys.readouterr().out
+    assert quant.folder_precision(out) == "int8"
+    assert cli.main(args) == 2  # the folder exists now
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["quantize", "--bits", "3"], "The bits must be"),
+        (["estimate", "--vram", "0"], "The VRAM must be"),
+        (["generate", "--precision", "fp4"], "The precision must be"),
+    ],
+)
+def test_bad_quant_flags_get_one_sentence(tiny_checkpoint, tmp_path, capsys, argv, words):
+    from engine import cli
+
+    full = [argv[0], "--model", str(tiny_checkpoint), *argv[1:]]
+    if argv[0] == "quantize":
+        full += ["--out", str(tmp_path / "q")]
+    if argv[0] == "generate":
+        full += ["--prompt", "x", "--out", str(tmp_path / "x.png")]
+    assert cli.main(full) == 2
+    assert words in capsys.readouterr().err
