@@ -346,6 +346,34 @@ class Document(QObject):
             self.image_changed.emit()
         self.versions_changed.emit()
 
+    def restore(
+        self,
+        versions: Sequence[Version],
+        current: str,
+        viewed: str,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        """Put back a saved state (autosave, crash recovery): versions, which is current and
+        viewed, and the mask's coverage ([H, W] uint8, or bool). Undo history starts afresh."""
+        ids = [v.id for v in versions]
+        if not versions or current not in ids or viewed not in ids:
+            raise ValueError(
+                "A restored document needs its versions, and current and viewed among them."
+            )
+        self.end_stroke()
+        self.versions = list(versions)
+        self.current, self.viewed = current, viewed
+        numbers = [int(i[1:]) for i in ids if i[:1] == "v" and i[1:].isdigit()]
+        self._serial = max([self._serial, *numbers])  # new versions continue the numbering
+        self.mask = MaskLayer(*self.current_version.image.shape[:2])
+        if mask is not None and mask.shape == self.mask.shape:
+            self.mask.coverage[...] = np.where(mask, 255, 0) if mask.dtype == bool else mask
+        self.history.clear()
+        self.image_changed.emit()
+        self.versions_changed.emit()
+        self.undo_changed.emit()
+        self._emit_mask((0, 0, self.mask.shape[1], self.mask.shape[0]))
+
     def _add_version(self, image: np.ndarray, metadata: dict[str, str], parent: str | None,
                      job_id: str | None, thinking: str | None = None) -> Version:  # fmt: skip
         self._serial += 1

@@ -235,3 +235,26 @@ def test_invert_clear_fill_with_undo():
     doc.clear_mask()  # nothing left to clear: no extra step
     doc.undo()
     assert doc.mask.as_bool().sum() == 100 * 100
+
+
+def test_restore_puts_back_versions_mask_and_numbering():
+    from app.document import Version
+
+    doc = make()
+    image = np.full((400, 600, 3), 4, np.uint8)
+    versions = [
+        Version("v1", doc.image, {}, None, None),
+        Version("v7", image, {"seed": "1"}, "v1", "j"),
+    ]
+    coverage = np.zeros((400, 600), np.uint8)
+    coverage[5:9, 5:9] = 200
+    changed = []
+    doc.mask_changed.connect(lambda *r: changed.append(r))
+    doc.paint_line([(100, 100)], radius=5)
+    doc.restore(versions, "v7", "v1", coverage)
+    assert doc.current == "v7" and doc.viewed == "v1" and doc.image[0, 0, 0] == 0
+    assert np.array_equal(doc.mask.coverage, coverage) and changed[-1] == (0, 0, 600, 400)
+    assert not doc.can_undo
+    assert add_result(doc, 1) == "v8"
+    with pytest.raises(ValueError):
+        doc.restore(versions, "v3", "v1")
