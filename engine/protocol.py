@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-VERSION = 2  # bump on any change to a message or the framing; both sides must agree
+VERSION = 3  # bump on any change to a message or the framing; both sides must agree
 MAGIC = b"LLDS"
 _PREFIX = struct.Struct("<4sI")
 MAX_HEADER_BYTES = 16 << 20
@@ -50,6 +50,9 @@ class LoadModel:
     job_id: str
     folder: str  # the model folder, as an absolute path
     device: str = "auto"  # "auto", "cuda", "cuda:1", "mps", "cpu"
+    precision: str | None = None  # the backbone's "bf16", "int8", "int4"; None: the memory plan's
+    vram: float | None = None  # GiB the model may use on the GPU; None: the card's free memory
+    allow_lower_preset: bool = False  # out of memory in a job: reload once at the next preset
 
 
 @dataclass(frozen=True)

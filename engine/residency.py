@@ -377,3 +377,25 @@ def _precision_of(module) -> str:
         if isinstance(m, quant.QuantWeight):
             return f"int{m.bits}"
     return str(next(module.parameters()).dtype).removeprefix("torch.").replace("bfloat", "bf")
+
+
+def out_of_memory_sentence(pipeline) -> str:
+    """For a job that ran out of GPU memory: which preset would fit this card now."""
+    settings = pipeline.settings
+    budget = device_budget(pipeline.device) if pipeline.device.type == "cuda" else None
+    budget = budget if budget is not None else settings.plan.budget
+    budget += _loaded_bytes(pipeline)  # what the loaded parts hold would be free to reuse
+    advice = fitting_advice(pipeline.backbone.config, pipeline.root, budget)
+    return (
+        f"The GPU ran out of memory at the {settings.plan.preset.name} preset; {advice} "
+        "(choose it in the settings, or allow a lower preset)."
+    )
+
+
+def _loaded_bytes(pipeline) -> int:
+    from engine import quant
+
+    parts = [pipeline.backbone, pipeline.image_tokenizer]
+    if pipeline.decoder is not None:
+        parts += [pipeline.decoder.dit, pipeline.decoder.vae]
+    return sum(quant.weight_bytes(p) for p in parts if p is not None)

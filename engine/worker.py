@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +63,13 @@ class NoModel(StudioError):
 def load_pipeline(request: LoadModel, on_progress: OnProgress) -> PipelineLike:
     from engine.pipeline import Pipeline  # torch is imported here, at the first LoadModel
 
-    return Pipeline.load(Path(request.folder), device=request.device, on_progress=on_progress)
+    return Pipeline.load(
+        Path(request.folder),
+        device=request.device,
+        on_progress=on_progress,
+        precision=request.precision,
+        vram=request.vram,
+    )
 
 
 class Worker:
@@ -130,7 +136,9 @@ class Worker:
             log.exception("job %s failed", job_id)
             if _code(error) == "out_of_memory":
                 _free_memory()  # the job's tensors are gone with its frames; return them
-            self._emit(Failed(job_id, _sentence(error), _code(error)))
+                if self._retry_lower(request):
+                    return
+            self._emit(Failed(job_id, self._sentence(error), _code(error)))
         finally:
             self._preview = None  # a cancelled step's picture must not reach the next job
             with self._lock:
@@ -142,6 +150,7 @@ class Worker:
         match request:
             case LoadModel():
                 args.check_device(request.device, args.weights_bytes(Path(request.folder)))
+                self._load_request = request  # kept for a retry at a lower preset
                 self._unload()
                 on_load = self._on_progress(job_id, LoadProgress)
                 self._pipeline = self._factory(request, on_load)
@@ -182,6 +191,41 @@ class Worker:
                 self._emit(TextResult(job_id, text))
             case _:
                 raise BadInput(f"The engine cannot run a {type(request).__name__} request.")
+
+    def _retry_lower(self, request: Request) -> bool:
+        """Out of memory in a job the LoadModel allowed it for: reload once at the next smaller
+        preset and run the job again. True when the retry finished it (Finished sent)."""
+        from engine import residency  # torch is loaded by now
+
+        load = getattr(self, "_load_request", None)
+        settings = getattr(self._pipeline, "settings", None)
+        if isinstance(request, LoadModel | Unload) or load is None or settings is None:
+            return False
+        preset = residency.lower(settings.plan) if settings.plan else None
+        if not load.allow_lower_preset or preset is None:
+            return False
+        log.warning("out of memory; reloading at the %s preset", preset.name)
+        self._unload()
+        _free_memory()
+        lower = replace(load, precision=preset.backbone, allow_lower_preset=False)
+        try:
+            self._pipeline = self._factory(lower, self._on_progress(request.job_id, LoadProgress))
+            self._execute(request)
+        except Exception:  # a second failure fails the job with the first one's sentence
+            log.exception("the retry at the %s preset failed", preset.name)
+            _free_memory()
+            return False
+        self._emit(Finished(request.job_id))
+        return True
+
+    def _sentence(self, error: Exception) -> str:
+        """The failure's sentence; out of memory names a preset that would fit."""
+        settings = getattr(self._pipeline, "settings", None)
+        if _code(error) != "out_of_memory" or settings is None or settings.plan is None:
+            return _sentence(error)
+        from engine import residency
+
+        return residency.out_of_memory_sentence(self._pipeline)
 
     def _loaded(self) -> PipelineLike:
         if self._pipeline is None:

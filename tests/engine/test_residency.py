@@ -1,5 +1,6 @@
 """The residency plan at the real model's sizes, on the meta device (no memory used)."""
 
+import numpy as np
 import pytest
 
 from engine import residency
@@ -61,3 +62,66 @@ def test_the_folder_sizes_come_from_headers(tiny_checkpoint):
     total, linear = residency.part_bytes(tiny_checkpoint, "decoder")
     files = (tiny_checkpoint / "decoder-turbo").glob("*.safetensors")
     assert 0 < linear <= total <= sum(f.stat().st_size for f in files)
+
+
+class OutOfMemoryPipeline:
+    """Runs out of GPU memory at the 48 GB preset, works at any lower one."""
+
+    def __init__(self, request, config):
+        import torch
+
+        self.precision = request.precision or "bf16"
+        preset = residency.PRESETS[0 if self.precision == "bf16" else 1]
+        plan = residency.make_plan(config, None, preset, residency.budget_for(24))
+        self.settings = residency.Settings(preset.backbone, preset.decoder, plan)
+        self.device, self.root = torch.device("cpu"), None
+        self.backbone = torch.nn.Linear(2, 2)
+        self.backbone.config = config
+        self.image_tokenizer = self.decoder = None
+
+    def generate(self, prompt, **options):
+        import torch
+
+        if self.precision == "bf16":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return type("Out", (), {"image": np.zeros((8, 8, 3), np.uint8), "metadata": {},
+                                "thinking": None})()  # fmt: skip
+
+    def status(self):
+        return {}
+
+    def unload(self):
+        pass
+
+
+def run_jobs(real, *requests):
+    from engine import protocol as p
+    from engine.worker import Worker
+
+    events, loads = [], []
+
+    def factory(request, on_progress):
+        loads.append(request)
+        return OutOfMemoryPipeline(request, real)
+
+    worker = Worker(events.append, factory)
+    for request in (*requests, p.Shutdown()):
+        worker.accept(request)
+    worker.run()
+    return events, loads
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_out_of_memory_retries_once_at_a_lower_preset_if_allowed(real, tmp_path, allowed):
+    from engine import protocol as p
+
+    load = p.LoadModel("load", str(tmp_path), "cpu", allow_lower_preset=allowed)
+    events, loads = run_jobs(real, load, p.Generate("g", "a fox", 256, 256))
+    last = events[-1]
+    if allowed:
+        assert isinstance(last, p.Finished) and last.job_id == "g"
+        assert [r.precision for r in loads] == [None, "int4"]
+    else:
+        assert isinstance(last, p.Failed) and last.code == "out_of_memory"
+        assert "24 GB preset" in last.message and "would fit" in last.message
+        assert len(loads) == 1
