@@ -410,10 +410,11 @@ def download(folder: Path | str, *, variant: str = "bf16", **options) -> Path:
 
 def next_step(folder: Path) -> str:
     """What to do after the download: quantize for a smaller card, or open the app."""
+    int4 = folder.with_name(folder.name + "-int4")
     return (
-        f"The model is ready in {folder}. On a card with less than 48 GB, quantize it once "
-        f'for your card: python main.py quantize --model "{folder}" '
-        "(see python main.py quantize --help)."
+        f"The model is ready in {folder}. On a card with less than 48 GB, quantize it once: "
+        f'python main.py quantize --model "{folder}" --bits 4 --out "{int4}" '
+        f'(python main.py estimate --model "{folder}" shows what fits your card).'
     )
 
 
