@@ -21,6 +21,9 @@ is not the current one.
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import (
@@ -46,7 +49,22 @@ WHEEL_STEP = 2 ** (1 / 4)  # one wheel notch (120 units) zooms by this factor
 SMOOTH_BELOW = 2.0  # zooms below this are filtered; above, pixels show as squares
 BACKGROUND = QColor(38, 38, 42)
 SPLIT, SIDE = "split", "side"
+SINGLETON_FLOOR = 1 << 30
 PYRAMIDS_KEPT = 3  # converted versions kept, so Tab between two versions converts nothing
+
+
+def keep_singletons_alive() -> None:
+    """Stopgap for a PySide6 6.12.0 bug on Python 3.11: every call of a void Qt method drops a
+    reference to None it never took, and every emit one to True. Painting makes about 20 such
+    calls per mouse move, so after a minute of painting None's count would reach zero and the
+    interpreter abort ("none_dealloc"). Raise both counts far up, as Python 3.12 does by making
+    them immortal. Called from paintEvent; app/qt_workaround.py guards True on a timer."""
+    if sys.version_info >= (3, 12):
+        return
+    for singleton in (None, True):
+        count = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt, an object's first field
+        if count.value < SINGLETON_FLOOR // 2:
+            count.value = SINGLETON_FLOOR
 
 
 class CanvasView(QWidget):
@@ -268,6 +286,7 @@ class CanvasView(QWidget):
     # ------------------------------------------------------------ painting
 
     def paintEvent(self, event: QPaintEvent) -> None:
+        keep_singletons_alive()
         painter = QPainter(self)
         clip = QRectF(event.rect())
         painter.fillRect(event.rect(), BACKGROUND)

@@ -12,7 +12,6 @@ A 1600x1000 CanvasView shows a Document of a 24-MP image. Measured, each a media
 The last line printed is one JSON object.
 """
 
-import ctypes
 import json
 import os
 import platform
@@ -29,22 +28,12 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from app.document import Document  # noqa: E402
 from app.tools import Tools  # noqa: E402
-from ui.canvas import CanvasView  # noqa: E402
+from ui.canvas import CanvasView, keep_singletons_alive  # noqa: E402
 
 WIDTH, HEIGHT = 6000, 4000
 VIEW = (1600, 1000)
 BRUSH = 40.0  # diameter in image pixels
 REPEATS = 60
-
-
-def keep_singletons_alive() -> None:
-    """PySide6 6.12.0 on Python 3.11 drops a reference to None on every call of a void method
-    and one to True on every emit; thousands of repaints would take the count to zero and abort
-    the interpreter. Raise both counts far up (see app/qt_workaround.py, which guards True)."""
-    if sys.version_info < (3, 12):
-        for singleton in (None, True):
-            count = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt
-            count.value = max(count.value, 1 << 30)
 
 
 def photo() -> np.ndarray:
