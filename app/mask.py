@@ -137,7 +137,7 @@ class MaskLayer:
         `carry` is the distance already travelled since the last dab; the new carry is returned,
         so a stroke made of many short segments keeps an even spacing. Returns the changed rect.
         """
-        spacing = max(DAB_SPACING * radius, 0.5)
+        spacing = max(DAB_SPACING * radius, min(1.0, radius / 2))  # small brushes: every pixel
         (ax, ay), (bx, by) = start, end
         length = float(np.hypot(bx - ax, by - ay))
         rect = None

@@ -5,7 +5,7 @@ A 1600x1000 CanvasView shows a Document of a 24-MP image. Measured, each a media
 - a dab: one brush dab through the Document (`stroke_to` one spacing on), with and without the
   repaint of the dirty region that the event loop then does;
 - a stroke segment: the mouse moving 100 screen pixels in one event (dabs every 15 % of the
-  radius along it) and its repaint;
+  radius along it) and its repaint, at 100 % and at fit with a small brush;
 - closing a stroke (its undo tiles) and undoing it;
 - a full repaint of the widget at fit and at 100 %, with a painted mask, and at fit with the
   whole mask covered (every overlay tile drawn).
@@ -98,22 +98,24 @@ def measure_dabs(app, canvas: CanvasView, document: Document, dirty: list) -> di
 
 
 def measure_segments(app, canvas: CanvasView, document: Document, dirty: list) -> dict:
-    """The cursor jumping 100 screen pixels per mouse event, at 100 %."""
-    canvas.actual_size()
-    canvas.repaint()
-    at = QPointF(100, 500)
-    point = canvas.to_image(at)
-    document.begin_stroke(point.x(), point.y(), BRUSH / 2, 0.8, False)
-    segment, with_repaint = [], []
-    for i in range(1, 13):
-        point = canvas.to_image(at + QPointF(100 * i, 30 * (i % 2)))
-        segment.append(timed(document.stroke_to, point.x(), point.y()))
-        with_repaint.append(segment[-1] + repaint_dirty(canvas, dirty))
-    document.end_stroke()
-    return {
-        "segment_100px_ms": median_ms(segment),
-        "segment_100px_and_repaint_ms": median_ms(with_repaint),
-    }
+    """The cursor jumping 100 screen pixels per mouse event: at 100 % with the 40-px brush, and
+    at fit with a 6-px brush (about 500 image pixels per event, the most dabs per event)."""
+    result = {}
+    for name, place, brush in (("100pct", canvas.actual_size, BRUSH), ("fit_6px", canvas.fit, 6.0)):
+        place()
+        canvas.repaint()
+        at = QPointF(100, 500)
+        point = canvas.to_image(at)
+        document.begin_stroke(point.x(), point.y(), brush / 2, 0.8, False)
+        segment, with_repaint = [], []
+        for i in range(1, 13):
+            point = canvas.to_image(at + QPointF(100 * i, 30 * (i % 2)))
+            segment.append(timed(document.stroke_to, point.x(), point.y()))
+            with_repaint.append(segment[-1] + repaint_dirty(canvas, dirty))
+        document.end_stroke()
+        result[f"segment_100px_{name}_ms"] = median_ms(segment)
+        result[f"segment_100px_{name}_and_repaint_ms"] = median_ms(with_repaint)
+    return result
 
 
 def measure_full_repaints(app, canvas: CanvasView, document: Document) -> dict:
@@ -168,10 +170,11 @@ if __name__ == "__main__":
             f"{result[f'dab_and_repaint_{name}_ms']} ms "
             f"(worst {result[f'dab_and_repaint_{name}_max_ms']} ms)"
         )
-    print(
-        f"100-px stroke segment: {result['segment_100px_ms']} ms, with its repaint "
-        f"{result['segment_100px_and_repaint_ms']} ms"
-    )
+    for name in ("100pct", "fit_6px"):
+        print(
+            f"100-px stroke segment at {name}: {result[f'segment_100px_{name}_ms']} ms, "
+            f"with its repaint {result[f'segment_100px_{name}_and_repaint_ms']} ms"
+        )
     print(
         f"full repaint: fit {result['full_repaint_fit_ms']} ms, 100 % "
         f"{result['full_repaint_100pct_ms']} ms, fit with the whole mask covered "

@@ -300,3 +300,30 @@ def test_long_painting_session_does_not_abort_the_interpreter():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          cwd=root, timeout=120)  # fmt: skip
     assert run.returncode == 0 and run.stdout.strip() == "alive", run.stderr[-500:]
+
+
+def test_pinch_gesture_zooms_about_its_centre(canvas):
+    from PySide6.QtGui import QNativeGestureEvent, QPointingDevice
+
+    at = QPointF(300, 200)
+    before, zoom = canvas.to_image(at), canvas.zoom
+    event = QNativeGestureEvent(
+        Qt.NativeGestureType.ZoomNativeGesture, QPointingDevice.primaryPointingDevice(), 2,
+        at, at, canvas.mapToGlobal(at), 0.5, QPointF(), 0,
+    )  # fmt: skip
+    QApplication.sendEvent(canvas, event)
+    assert canvas.zoom == pytest.approx(zoom * 1.5)
+    after = canvas.to_image(at)
+    assert abs(after.x() - before.x()) < 1e-6 and abs(after.y() - before.y()) < 1e-6
+
+
+def test_brush_outline_follows_the_cursor_at_the_brush_size(canvas):
+    canvas.set_zoom(1.0)
+    canvas.tools.set_size(80)  # a 40-px radius on screen at 100 %
+    mouse(canvas, QEvent.Type.MouseMove, QPointF(400, 300), Qt.MouseButton.NoButton,
+          Qt.MouseButton.NoButton)  # fmt: skip
+    shot = canvas.grab().toImage()
+    ring = [shot.pixelColor(400 + dx, 300 + dy).getRgb()[:3] for dx, dy in ((40, 0), (0, -40))]
+    assert all(colour != (0, 120, 0) for colour in ring)  # the outline is drawn there
+    assert shot.pixelColor(400 + 20, 300).getRgb()[:3] == (0, 120, 0)  # not filled inside
+    assert not canvas.document.mask.any()  # hovering never paints
