@@ -87,6 +87,7 @@ class CanvasView(QWidget):
         self._space = False
         self._progress: dict | None = None
         self._compare: dict | None = None
+        self._badge = True
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -121,8 +122,11 @@ class CanvasView(QWidget):
         self.fit()
 
     def _image_changed(self) -> None:
+        old = self._pyramid
         self._pyramid = self._pyramid_of(self.document.image)
         self._check_overlay()
+        if old is not None and (old.width, old.height) != self.image_size() and self._fitting:
+            self.fit()
         self.update()
 
     def _pyramid_of(self, image: np.ndarray) -> ImagePyramid:
@@ -412,9 +416,15 @@ class CanvasView(QWidget):
         fraction = min(max(progress["step"] / total, 0.0), 1.0)
         painter.drawRect(QRectF(bar.topLeft(), QRectF(0, 0, bar.width() * fraction, 6).size()))
 
+    def set_badge_visible(self, visible: bool) -> None:
+        """Whether the canvas itself says when the viewed version is not the current one (a
+        window with its own indicator may turn this off)."""
+        self._badge = visible
+        self.update()
+
     def _draw_badge(self, painter) -> None:
         doc = self.document
-        if self._compare is None and doc.viewed != doc.current:
+        if self._badge and self._compare is None and doc.viewed != doc.current:
             text = self.tr("Viewing {0}, not the current version").format(doc.viewed)
             self._draw_label(painter, text, QPointF(10, 10))
 
