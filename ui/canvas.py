@@ -49,7 +49,7 @@ WHEEL_STEP = 2 ** (1 / 4)  # one wheel notch (120 units) zooms by this factor
 SMOOTH_BELOW = 2.0  # zooms below this are filtered; above, pixels show as squares
 BACKGROUND = QColor(38, 38, 42)
 SPLIT, SIDE = "split", "side"
-SINGLETON_FLOOR = 1 << 30
+SINGLETON_FLOOR = 1 << 28  # below app/qt_workaround.FLOOR, so its check still lifts True
 PYRAMIDS_KEPT = 3  # converted versions kept, so Tab between two versions converts nothing
 
 
