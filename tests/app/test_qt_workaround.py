@@ -1,5 +1,5 @@
-"""The guard keeps True alive however many signals are emitted (PySide6 6.12 on Python 3.11 drops
-a reference to True per emit)."""
+"""The guard keeps True and None alive however many signals are emitted and Qt virtuals called
+(PySide6 6.12 on Python 3.11 drops a reference to True per emit, to None per override call)."""
 
 import sys
 
@@ -22,3 +22,21 @@ def test_references_lost_by_emits_are_put_back():
     added = qt_workaround.check()
     assert sys.getrefcount(True) >= before - 5  # back to (about) where it was
     assert added == (lost if qt_workaround.NEEDED and lost > 0 else 0)
+
+
+class Ticker(QObject):
+    def timerEvent(self, event):  # noqa: N802 (Qt's name); returns None, as qasync's does
+        return None
+
+
+def test_references_to_none_lost_by_overrides_are_put_back(qapp):
+    from PySide6.QtCore import QTimer
+
+    qt_workaround.check()
+    ticker = Ticker()
+    ticker.startTimer(0)
+    before = sys.getrefcount(None)
+    QTimer.singleShot(100, qapp.quit)
+    qapp.exec()
+    qt_workaround.check()
+    assert sys.getrefcount(None) >= before - 50
