@@ -75,9 +75,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rows(model: Backbone, tokenizer: TextTokenizer, *, grid: int = 16, answer: int = 256) -> dict:
+def rows(
+    model: Backbone, tokenizer: TextTokenizer, *, grid: int = 16, answer: int = 256, repeats=1
+) -> dict:
     """The three rows for image tokens (CFG, 8 steps per block) and for a text answer (32 steps
-    per block, no early stop), as {"image": {mode: {...}}, "text": {mode: {...}}}."""
+    per block, no early stop), as {"image": {mode: {...}}, "text": {mode: {...}}}; each time is
+    the best of `repeats` runs (the counts are the same every run)."""
     tok, mask = tokenizer, tokenizer.mask_id
     cond = tok.encode(text.text_to_image("a red fox sitting in the snow at dawn", grid, grid))
     uncond = tok.encode(text.text_to_image_uncond(grid, grid))
@@ -89,18 +92,20 @@ def rows(model: Backbone, tokenizer: TextTokenizer, *, grid: int = 16, answer: i
         run_mode(model, [question], text_init[:32], mode="cache alone", steps=1, guidance=None,
                  mask_id=mask)  # fmt: skip  # warm-up: the first call pays for lazy set-up
         for mode in MODES:
-            out["image"][mode] = run_mode(
-                model, [cond, uncond], image_init, mode=mode, steps=8, guidance=cfg(2.0),
-                mask_id=mask,
-            )  # fmt: skip
-            out["text"][mode] = run_mode(
-                model, [question], text_init, mode=mode, steps=32, guidance=None, mask_id=mask
-            )
+            image = dict(mode=mode, steps=8, guidance=cfg(2.0), mask_id=mask)
+            talk = dict(mode=mode, steps=32, guidance=None, mask_id=mask)
+            out["image"][mode] = best(repeats, model, [cond, uncond], image_init, image)
+            out["text"][mode] = best(repeats, model, [question], text_init, talk)
     for task in out.values():
         base = task["official baseline"]["seconds"]
         for row in task.values():
             row["speedup"] = round(base / row["seconds"], 2)
     return out
+
+
+def best(repeats: int, model, prompts, init, options: dict) -> dict:
+    runs = [run_mode(model, prompts, init, **options) for _ in range(repeats)]
+    return min(runs, key=lambda row: row["seconds"])
 
 
 def main() -> None:
