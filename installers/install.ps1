@@ -237,6 +237,8 @@ function install_app {
     $script:Hint = "The app's packages could not be installed; check the network, then run again."
     $requirements = Join-Path $script:App 'installers\requirements.txt'
     Invoke-GuardedInstall 'app' @('-c', $script:Constraints, '-r', $requirements)
+    # The app itself, linked to its folder: no second copy, and its version for results and doctor.
+    Invoke-Pip @('-q', '--no-deps', '--no-build-isolation', '-e', $script:App)
 }
 
 function make_launcher {

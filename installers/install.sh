@@ -242,6 +242,8 @@ install_torch() {
 install_app() {
     HINT="The app's packages could not be installed; check the network, then run again."
     guarded_install app -c "$CONSTRAINTS" -r "$APP/installers/requirements.txt"
+    # The app itself, linked to its folder: no second copy, and its version for results and doctor.
+    pip_install -q --no-deps --no-build-isolation -e "$APP"
 }
 
 # pip install with a marker that lives while pip runs: a marker left by an interrupted run means

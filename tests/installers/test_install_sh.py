@@ -119,6 +119,7 @@ def test_install_killed_then_rerun_then_doctor_then_upgrade(tmp_path):
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "status: complete" in doctor.stdout and "build: CPU" in doctor.stdout
     assert "ready: the app can run a job" in doctor.stdout
+    assert "app: 0.1.0" in doctor.stdout  # installed as a package, linked to its folder
 
     (source / "UPGRADED").write_text("a newer source\n")
     env_inode = (install / "env").stat().st_ino
