@@ -300,14 +300,6 @@ def check_steps(steps: int, block_length: int, what: str = "The steps per block"
         )
 
 
-def weights_bytes(folder: Path) -> int | None:
-    """The backbone's bytes as stored (its safetensors shards in `folder`), or None if unknown."""
-    try:
-        return sum(p.stat().st_size for p in folder.glob("*.safetensors")) or None
-    except OSError:
-        return None
-
-
 # ---------------------------------------------------------------------------------- the table
 
 NO_PROMPT = "Type a prompt that describes the image to make."

@@ -201,7 +201,8 @@ def save_png(path: Path, image: np.ndarray, metadata: dict[str, str], thinking: 
 
 def check_request(options: argparse.Namespace) -> None:
     """What the flags' own rules cannot see, checked before the (slow) model load: the steps
-    against the block length, an empty question, and the device's memory for the model."""
+    against the block length and an empty question. (The device's memory is the memory plan's
+    to judge, engine/residency.py, since a smaller precision or streaming may fit.)"""
     from engine.pipeline import Defaults
 
     d = Defaults()
@@ -213,7 +214,6 @@ def check_request(options: argparse.Namespace) -> None:
         rules.check_steps(steps, block, "The thinking steps per block")
     if options.command == "ask" and not options.question.strip() and not options.image:
         raise BadInput(rules.NO_QUESTION)
-    rules.check_device(options.device, rules.weights_bytes(options.model))
 
 
 def loop_options(options: argparse.Namespace) -> dict:

@@ -149,7 +149,7 @@ class Worker:
         job_id = request.job_id
         match request:
             case LoadModel():
-                args.check_device(request.device, args.weights_bytes(Path(request.folder)))
+                args.check_device(request.device)  # its memory: the plan's (engine/residency.py)
                 self._load_request = request  # kept for a retry at a lower preset
                 self._unload()
                 on_load = self._on_progress(job_id, LoadProgress)
