@@ -314,7 +314,7 @@ class CanvasView(QWidget):
         visible = placed.intersected(clip).intersected(pane)
         if visible.isEmpty():
             return
-        level = pyramid.pick(self.zoom)
+        level = pyramid.pick(self.zoom * self.devicePixelRatioF())  # sharp on high-DPI screens
         scale = level.width() / width
         source = QRectF(
             (visible.topLeft() - placed.topLeft()) / self.zoom * scale,
@@ -325,7 +325,7 @@ class CanvasView(QWidget):
             self._draw_mask(painter, placed, visible)
 
     def _draw_mask(self, painter, placed: QRectF, visible: QRectF) -> None:
-        step = self._overlay.step_for(self.zoom)
+        step = self._overlay.step_for(self.zoom * self.devicePixelRatioF())
         scale = self.zoom * step  # screen pixels per overlay pixel
         x0 = (visible.left() - placed.left()) / scale
         y0 = (visible.top() - placed.top()) / scale
