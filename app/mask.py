@@ -244,18 +244,24 @@ def polygon_mask(points: Sequence[tuple[float, float]], rect: Rect) -> np.ndarra
     """[h, w] bool: which pixel centres of `rect` lie inside the polygon (even-odd rule).
 
     Scanline fill: each edge toggles the parity from where it crosses a row to the row's end.
+    Rows go in bands, so a long lasso over a 24-MP photo needs little temporary memory.
     """
     x, y, w, h = rect
     pts = np.asarray(points, np.float64)
     ax, ay = pts[:, 0], pts[:, 1]
     bx, by = np.roll(ax, -1), np.roll(ay, -1)
-    rows = np.arange(h, dtype=np.float64)[:, None] + y + 0.5  # [h, 1] pixel-centre heights
-    crosses = (ay <= rows) != (by <= rows)  # [h, E] the edge spans this row's centre
-    with np.errstate(divide="ignore", invalid="ignore"):
-        at = ax + (rows - ay) * (bx - ax) / (by - ay)  # [h, E] where it crosses
-    row_index, edge_index = np.nonzero(crosses)
-    cols = np.ceil(at[row_index, edge_index] - 0.5 - x).astype(np.int64)  # first centre right of it
-    cols = np.clip(cols, 0, w)
-    toggles = np.zeros((h, w + 1), np.uint8)
-    np.add.at(toggles, (row_index, cols), 1)
-    return (np.cumsum(toggles[:, :w], axis=1, dtype=np.uint8) & 1).astype(bool)
+    inside = np.empty((h, w), bool)
+    band = max(1, (1 << 22) // max(len(pts), w))  # rows per band: a few MB of temporaries
+    for top in range(0, h, band):
+        rows = np.arange(top, min(top + band, h), dtype=np.float64)[:, None] + y + 0.5
+        crosses = (ay <= rows) != (by <= rows)  # [rows, E] the edge spans this row's centre
+        row_index, edge_index = np.nonzero(crosses)
+        ya, yb = ay[edge_index], by[edge_index]
+        xa, xb = ax[edge_index], bx[edge_index]
+        at = xa + (rows[row_index, 0] - ya) * (xb - xa) / (yb - ya)  # where each crossing is
+        cols = np.clip(np.ceil(at - 0.5 - x).astype(np.int64), 0, w)  # first centre right of it
+        toggles = np.zeros((len(rows), w + 1), np.uint8)
+        np.add.at(toggles, (row_index, cols), 1)
+        parity = np.cumsum(toggles[:, :w], axis=1, dtype=np.uint8) & 1
+        inside[top : top + len(rows)] = parity.astype(bool)
+    return inside

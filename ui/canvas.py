@@ -523,8 +523,8 @@ class CanvasView(QWidget):
         before = self._gesture_rect(drag)
         if drag["kind"] == RECT:
             drag["points"][1:] = [point]
-        else:
-            drag["points"].append(point)
+        elif (point - drag["points"][-1]).manhattanLength() * self.zoom >= 2:
+            drag["points"].append(point)  # a point per 2 screen pixels is smooth enough
         for rect in (before, self._gesture_rect(drag)):
             self.update(rect)
 

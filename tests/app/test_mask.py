@@ -80,3 +80,9 @@ def test_polygon_mask_matches_pixel_centres():
     triangle = polygon_mask([(0, 0), (20, 0), (0, 20)], (0, 0, 20, 20))
     ys, xs = np.mgrid[0:20, 0:20] + 0.5
     assert np.array_equal(triangle, xs + ys < 20)
+
+
+def test_polygon_mask_in_bands_matches_the_plane_geometry():
+    inside = polygon_mask([(0, 0), (5000, 0), (0, 2000)], (0, 0, 5000, 2000))  # 3 row bands
+    ys, xs = np.mgrid[0:2000:7, 0:5000:11] + 0.5
+    assert np.array_equal(inside[::7, ::11], xs / 5000 + ys / 2000 < 1)
