@@ -206,7 +206,25 @@ class Download:
 
     def run(self) -> Path:
         """Download what is missing and return the folder, validated as LLaDA2.0-Uni."""
+        from filelock import FileLock, Timeout
+
         self.folder = Path(self.folder).expanduser()
+        try:
+            (self.folder / STATE_FOLDER).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DownloadError(
+                f"Cannot write to {self.folder} ({_reason(error)}); choose another folder."
+            ) from None
+        lock = FileLock(self.folder / STATE_FOLDER / "lock")
+        try:
+            with lock.acquire(timeout=0):  # one download per folder: their parts would mix
+                return self._run()
+        except Timeout:
+            raise DownloadError(
+                f"Another download into {self.folder} is running; let it finish or stop it first."
+            ) from None
+
+    def _run(self) -> Path:
         offline = offline_mode() if self.offline is None else self.offline
         record = Record.load(self.folder)
         if offline:
@@ -226,7 +244,7 @@ class Download:
         self._check_disk(record, todo)
         record.save(self.folder)
         self._fetch_all(record, todo)
-        return self._validate(record)
+        return self._validate()
 
     def _listing(self) -> Record:
         """The revision's commit and files with sizes and checksums, from the hub's API."""
@@ -378,20 +396,12 @@ class Download:
                     f"Offline, and {self.folder} still lacks {todo[0].path}"
                     f"{_and_more(len(todo) - 1)}; connect and run the download again to finish."
                 )
-        return self._validate(record)
+        return self._validate()
 
-    def _validate(self, record: Record | None) -> Path:
-        from engine.checkpoint import tensor_index, validate_model_folder
+    def _validate(self) -> Path:
+        from engine.checkpoint import validate_model_folder  # knows FP8 experts' block scales
 
-        is_fp8 = (record.repo_id if record else self.repo_id) == REPOS["fp8"]
-        if is_fp8:  # FP8 expert tensors are the quantizer's to check; here: whole shards
-            folder = validate_model_folder(
-                self.folder, parts=("tokenizer", "image_tokenizer", "decoder", "vae")
-            )
-            tensor_index(folder)
-        else:
-            folder = validate_model_folder(self.folder)
-        return folder.root
+        return validate_model_folder(self.folder).root
 
     def _partial(self, file: RemoteFile) -> Path:
         return self.folder / STATE_FOLDER / "partial" / (file.path + ".part")

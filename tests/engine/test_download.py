@@ -253,3 +253,22 @@ def test_download_command_failures_are_one_sentence(hub, tmp_path, capsys, monke
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert cli(["download", "--dir", str(tmp_path / "model")]) == 1
     assert "error: Cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_second_download_into_the_same_folder_is_refused(hub, tmp_path):
+    from filelock import FileLock
+
+    target = tmp_path / "model"
+    (target / dl.STATE_FOLDER).mkdir(parents=True)
+    with FileLock(target / dl.STATE_FOLDER / "lock"):  # as another download process holds it
+        with pytest.raises(dl.DownloadError, match="Another download into .* is running"):
+            dl.download(target)
+    assert hub.requests == []
+    validate_model_folder(dl.download(target))  # once it is free
+
+
+def test_a_folder_that_cannot_be_made_is_one_sentence(hub, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(dl.DownloadError, match="Cannot write to .*; choose another folder"):
+        dl.download(blocker / "model")
