@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from app import qt_workaround
 from app.mask import MaskLayer, MaskStep, Rect, clip_rect, polygon_mask
 from app.undo import UndoStack
 from engine.protocol import (
@@ -282,6 +283,7 @@ class Document(QObject):
 
     def _emit_mask(self, rect: Rect | None) -> None:
         if rect is not None:
+            qt_workaround.check()  # each emit loses a reference to True on PySide6 6.12 + Py 3.11
             self.mask_changed.emit(*rect)
 
     # ------------------------------------------------------------ versions

@@ -21,9 +21,6 @@ is not the current one.
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import (
@@ -40,6 +37,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QWidget
 
+from app import qt_workaround
 from app.document import Document
 from app.tools import BRUSH, LASSO, RECT, Tools
 from ui.canvas_layers import TILE, ImagePyramid, MaskOverlay, to_qimage
@@ -49,22 +47,7 @@ WHEEL_STEP = 2 ** (1 / 4)  # one wheel notch (120 units) zooms by this factor
 SMOOTH_BELOW = 2.0  # zooms below this are filtered; above, pixels show as squares
 BACKGROUND = QColor(38, 38, 42)
 SPLIT, SIDE = "split", "side"
-SINGLETON_FLOOR = 1 << 28  # below app/qt_workaround.FLOOR, so its check still lifts True
 PYRAMIDS_KEPT = 3  # converted versions kept, so Tab between two versions converts nothing
-
-
-def keep_singletons_alive() -> None:
-    """Stopgap for a PySide6 6.12.0 bug on Python 3.11: every call of a void Qt method drops a
-    reference to None it never took, and every emit one to True. Painting makes about 20 such
-    calls per mouse move, so after a minute of painting None's count would reach zero and the
-    interpreter abort ("none_dealloc"). Raise both counts far up, as Python 3.12 does by making
-    them immortal. Called from paintEvent; app/qt_workaround.py guards True on a timer."""
-    if sys.version_info >= (3, 12):
-        return
-    for singleton in (None, True):
-        count = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt, an object's first field
-        if count.value < SINGLETON_FLOOR // 2:
-            count.value = SINGLETON_FLOOR
 
 
 class CanvasView(QWidget):
@@ -290,7 +273,9 @@ class CanvasView(QWidget):
     # ------------------------------------------------------------ painting
 
     def paintEvent(self, event: QPaintEvent) -> None:
-        keep_singletons_alive()
+        # PySide6 6.12 on Python 3.11 loses a reference to None per void Qt call (about 20 per
+        # painted mouse move) and one to True per emit: put them back before they run out
+        qt_workaround.check()
         painter = QPainter(self)
         clip = QRectF(event.rect())
         painter.fillRect(event.rect(), BACKGROUND)

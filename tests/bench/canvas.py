@@ -26,9 +26,10 @@ from PySide6.QtCore import QPointF  # noqa: E402
 from PySide6.QtGui import QRegion  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
+from app import qt_workaround  # noqa: E402
 from app.document import Document  # noqa: E402
 from app.tools import Tools  # noqa: E402
-from ui.canvas import CanvasView, keep_singletons_alive  # noqa: E402
+from ui.canvas import CanvasView  # noqa: E402
 
 WIDTH, HEIGHT = 6000, 4000
 VIEW = (1600, 1000)
@@ -135,7 +136,7 @@ def measure_full_repaints(app, canvas: CanvasView, document: Document) -> dict:
 
 
 def main() -> dict:
-    keep_singletons_alive()
+    qt_workaround.check()  # PySide6 6.12 on Python 3.11 loses references per Qt call
     app = QApplication.instance() or QApplication(sys.argv[:1])
     image = photo()
     document = Document(image, [].append)
