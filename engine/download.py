@@ -241,7 +241,7 @@ class Download:
             return self._finish_offline(record)
         record = _carry_over(record, listed)
         todo = self._check_present(record)
-        self._check_disk(record, todo)
+        self._check_disk(todo)
         record.save(self.folder)
         self._fetch_all(record, todo)
         return self._validate()
@@ -310,19 +310,17 @@ class Download:
             else:
                 target.unlink()
                 record.verified.pop(file.path, None)
-                self.notes.append(f"{file.path} was corrupt and was fetched again.")
+                self.notes.append(f"{file.path} did not match its checksum; it was deleted.")
         return [f for f in record.files if not record.is_verified(self.folder, f)]
 
-    def _check_disk(self, record: Record, todo: list[RemoteFile]) -> None:
+    def _check_disk(self, todo: list[RemoteFile]) -> None:
         need = sum(f.size - _partial_size(self._partial(f), f.size) for f in todo)
-        probe = self.folder
-        while not probe.exists():
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free
+        free = shutil.disk_usage(self.folder).free
         if need + RESERVE_BYTES > free:
             raise DownloadError(
                 f"The download needs {_bytes(need + RESERVE_BYTES)} free on the disk of "
-                f"{probe}, which has {_bytes(free)}; free some space or choose another folder."
+                f"{self.folder}, which has {_bytes(free)}; free some space or choose another "
+                "folder."
             )
 
     def _fetch_all(self, record: Record, todo: list[RemoteFile]) -> None:
