@@ -20,7 +20,7 @@ class Tools(QObject):
     size_changed = Signal(float)  # diameter in image pixels
     hardness_changed = Signal(float)  # 0 feathered to the centre .. 1 hard edge
     eraser_changed = Signal(bool)
-    overlay_changed = Signal()  # colour or opacity
+    overlay_changed = Signal()  # colour, opacity or visibility
 
     def __init__(
         self,
@@ -36,6 +36,7 @@ class Tools(QObject):
         self.eraser = False
         self.overlay_color = overlay_color  # r, g, b
         self.overlay_opacity = _clamp(overlay_opacity, 0.0, 1.0)
+        self.overlay_visible = True  # hide the tint to judge the picture under it (`H`)
 
     @property
     def radius(self) -> float:
@@ -85,6 +86,14 @@ class Tools(QObject):
         if opacity != self.overlay_opacity:
             self.overlay_opacity = opacity
             self.overlay_changed.emit()
+
+    def set_overlay_visible(self, visible: bool) -> None:
+        if visible != self.overlay_visible:
+            self.overlay_visible = visible
+            self.overlay_changed.emit()
+
+    def toggle_overlay(self) -> None:
+        self.set_overlay_visible(not self.overlay_visible)
 
 
 def _clamp(value: float, low: float, high: float) -> float:

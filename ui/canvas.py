@@ -4,14 +4,15 @@ Navigation: the wheel zooms about the cursor (Alt+wheel sizes the brush), a pinc
 the image, `1` shows it at 100 %, space-drag and the middle button pan. Painting: the left button
 paints with the brush (or erases when the eraser is on, `E`), the right button erases; with the
 rectangle (`M`) or lasso (`L`) tool a drag adds to the mask, and with Alt or Ctrl held at release it
-subtracts (the right button subtracts too). `[` and `]` size the brush, `B` picks it. The tool state
-lives in an app.tools.Tools, which a tool-options bar shares.
+subtracts (the right button subtracts too). `[` and `]` size the brush, `B` picks it, `H` hides
+the mask's tint. The tool state lives in an app.tools.Tools, which a tool-options bar shares.
 
 Fast on a 24-MP photo: the version is converted once to QImages, full size and halved down a few
 times, and each repaint draws only the part inside the dirty region from the level nearest the zoom.
-The mask overlay is a dict of 256-px ARGB tiles, made only where the mask has coverage and updated
-only inside the rect each stroke segment reports (Document.mask_changed), and the widget repaints
-only that rect. The brush itself runs in app/mask.py.
+The mask overlay is a dict of 256-px ARGB tiles (and coarser ones for zoomed-out views), made
+only where the mask has coverage and updated only inside the rect each stroke segment reports
+(Document.mask_changed); the widget repaints only that rect. Both live in ui/canvas_layers.py; the
+brush itself runs in app/mask.py.
 
 Hooks for the window: `set_progress(...)` shows a job's stage, step and preview over the image,
 `set_compare(other, mode)` shows another version beside this one (a split slider dragged with the
@@ -79,7 +80,8 @@ class CanvasView(QWidget):
         self.setToolTip(
             self.tr(
                 "Paint the area to change. Wheel: zoom, Space or middle button: pan, Esc: fit, "
-                "1: 100 %, [ ]: brush size, E: eraser, B/M/L: brush, rectangle, lasso."
+                "1: 100 %, [ ]: brush size, E: eraser, B/M/L: brush, rectangle, lasso, "
+                "H: hide the mask."
             )
         )
         tools.overlay_changed.connect(self._overlay_colour_changed)
@@ -306,7 +308,7 @@ class CanvasView(QWidget):
             visible.size() / self.zoom * scale,
         )
         painter.drawImage(visible, level, source)
-        if with_mask and self.document.mask.shape == (height, width):
+        if with_mask and self.tools.overlay_visible and self.document.mask.shape == (height, width):
             self._draw_mask(painter, placed, visible)
 
     def _draw_mask(self, painter, placed: QRectF, visible: QRectF) -> None:
@@ -594,6 +596,8 @@ class CanvasView(QWidget):
             self.tools.set_tool(RECT)
         elif key == Qt.Key.Key_L:
             self.tools.set_tool(LASSO)
+        elif key == Qt.Key.Key_H:
+            self.tools.toggle_overlay()
         elif key == Qt.Key.Key_Escape:
             if self._drag is not None and self._drag["kind"] in (RECT, LASSO):
                 self.update(self._gesture_rect(self._drag))

@@ -327,3 +327,15 @@ def test_brush_outline_follows_the_cursor_at_the_brush_size(canvas):
     assert all(colour != (0, 120, 0) for colour in ring)  # the outline is drawn there
     assert shot.pixelColor(400 + 20, 300).getRgb()[:3] == (0, 120, 0)  # not filled inside
     assert not canvas.document.mask.any()  # hovering never paints
+
+
+def test_h_hides_and_shows_the_mask_tint(canvas, qtbot):
+    canvas.tools.set_overlay_opacity(1.0)
+    canvas.document.fill_mask()
+    tinted = pixel(canvas, QPoint(400, 300)).getRgb()[:3]
+    assert tinted != (0, 120, 0)
+    qtbot.keyClick(canvas, Qt.Key.Key_H)
+    assert not canvas.tools.overlay_visible
+    assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (0, 120, 0)
+    qtbot.keyClick(canvas, Qt.Key.Key_H)
+    assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == tinted
