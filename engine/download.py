@@ -339,7 +339,8 @@ class Download:
         part = self._partial(file)
         for attempt in (1, 2):
             self._transfer(record, file, part, meter)
-            meter.stage = "verifying"
+            meter.stage = "verifying"  # a 5 GB shard hashes for a few seconds: say so
+            meter.report(force=True)
             digests = _digests(part, None)
             meter.stage = "downloading"
             if file.matches(*digests):

@@ -61,7 +61,9 @@ def test_download_fetches_everything_verified_and_valid(hub, tiny_checkpoint, tm
     validate_model_folder(folder)
     total = sum(len(f.data) for f in hub.files.values())
     assert reports[-1].done == reports[-1].total == total
-    assert all(r.stage == "downloading" for r in reports)
+    assert {r.stage for r in reports} == {"downloading", "verifying"}
+    verifying = [r for r in reports if r.stage == "verifying"]
+    assert {r.file for r in verifying} == set(hub.files)  # each file is checked as it arrives
     assert "quantize" in dl.next_step(folder)
 
 
