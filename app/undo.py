@@ -5,20 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 DEPTH = 200  # steps kept; the oldest are dropped beyond this
+BUDGET = 512 << 20  # bytes of step data kept; the oldest steps are dropped beyond this
 
 
 class UndoStack:
     """Steps done so far and steps undone that can be redone. A new step drops the redo side."""
 
-    def __init__(self, depth: int = DEPTH):
+    def __init__(self, depth: int = DEPTH, budget: int = BUDGET):
         self.depth = depth
+        self.budget = budget
         self._done: list[Any] = []
         self._undone: list[Any] = []
 
     def push(self, step: Any) -> None:
+        """Add a done step; the redo side is dropped, and the oldest steps beyond the depth or
+        the byte budget (the newest step is always kept)."""
         self._done.append(step)
         self._undone.clear()
         if len(self._done) > self.depth:
+            del self._done[0]
+        while len(self._done) > 1 and self.nbytes > self.budget:
             del self._done[0]
 
     def undo(self) -> Any | None:
