@@ -109,6 +109,8 @@ class Conversation(QObject):
         super().__init__(parent)
         self._submit, self._cancel = submit, cancel
         self.context_tokens = context_tokens
+        self.answer_tokens: int | None = None  # the longest answer; None: the engine's 2048
+        self.steps: int | None = None  # denoising steps per block; None: the official 32
         self.messages: list[Message] = []
         self.attachments: list[np.ndarray] = []  # images added for the next question
         self.error = ""
@@ -174,7 +176,8 @@ class Conversation(QObject):
             return self._fail("The region is empty; paint over the part to ask about.")
         images = self._images_for_turn(image, region is not None)
         question = Message(USER, text, images, region)
-        problem = self.context_problem([*self.messages, question])
+        problem = self.context_problem([*self.messages, question],
+                                       self.answer_tokens or ANSWER_TOKENS)  # fmt: skip
         if problem:
             return self._fail(problem)
         self.messages.append(question)
@@ -275,7 +278,8 @@ class Conversation(QObject):
         self._set_error("")
         self.messages_changed.emit()
         self.busy_changed.emit(True)
-        self._submit(Understand(job_id, turns, seed=seed, mask=region))
+        self._submit(Understand(job_id, turns, seed=seed, mask=region, steps=self.steps,
+                                max_tokens=self.answer_tokens))  # fmt: skip
         return job_id
 
     def _fail(self, sentence: str) -> str:

@@ -51,6 +51,9 @@ class Session(QObject):
         workspace.documents_changed.connect(self._documents_changed)
         self.crashed = self.store.crashed()  # read before this session claims the lock
         self.autosave.start()
+        # After a crash nothing is written until the user chose: restore() or discard(); an
+        # autosave of this session's (empty) workspace would overwrite what crashed.
+        self.autosave.stopped = self.crashed
         if self.history.notice:
             self.notice.emit(self.history.notice)
 
@@ -68,6 +71,8 @@ class Session(QObject):
         key = id(document)
         if key not in self._chats:
             chat = Conversation(self.client.submit, self.client.cancel, parent=self)
+            chat.answer_tokens = self.settings.answer_tokens
+            chat.steps = self.settings.understand_steps
             chat.messages_changed.connect(self.autosave.changed)
             chat.message_updated.connect(self.autosave.changed)
             self._chats[key] = chat
@@ -115,12 +120,15 @@ class Session(QObject):
         for state in states:
             self._restore_one(state)
         self.restored.emit(len(states))
+        self.autosave.stopped = False
         self.autosave.save_now()
         return problems
 
     def discard(self) -> None:
         """The user declined the restore: forget the crashed session."""
         self.store.clear()
+        self.autosave.stopped = False
+        self.autosave.changed()
 
     def _restore_one(self, state: DocumentState) -> None:
         first = state.versions[0]

@@ -61,6 +61,9 @@ async def test_a_crashed_session_comes_back_with_its_unfinished_jobs(client, tmp
 
     workspace2, session2 = start(client, tmp_path)
     assert session2.crashed
+    workspace2.open_image(PHOTO, title="opened before the choice")  # saves nothing yet
+    session2.autosave.save_now()
+    workspace2.close(workspace2.documents[0])
     assert session2.restore() == []
     (restored,) = workspace2.documents
     assert restored.title == "photo" and np.array_equal(restored.mask.coverage, mask)
