@@ -4,8 +4,9 @@ Navigation: the wheel zooms about the cursor (Alt+wheel sizes the brush), a pinc
 the image, `1` shows it at 100 %, space-drag and the middle button pan. Painting: the left button
 paints with the brush (or erases when the eraser is on, `E`), the right button erases; with the
 rectangle (`M`) or lasso (`L`) tool a drag adds to the mask, and with Alt or Ctrl held at release it
-subtracts (the right button subtracts too). `[` and `]` size the brush, `B` picks it, `H` hides
-the mask's tint. The tool state lives in an app.tools.Tools, which a tool-options bar shares.
+subtracts (the right button subtracts too). Shift+click paints a straight line from the last
+stroke's end. `[` and `]` size the brush, `B` picks it, `H` hides the mask's tint. The tool state
+lives in an app.tools.Tools, which a tool-options bar shares.
 
 Fast on a 24-MP photo: the version is converted once to QImages, full size and halved down a few
 times, and each repaint draws only the part inside the dirty region from the level nearest the zoom.
@@ -72,6 +73,7 @@ class CanvasView(QWidget):
         self._progress: dict | None = None
         self._compare: dict | None = None
         self._badge = True
+        self._stroke_end: QPointF | None = None  # image point where the last stroke ended
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -472,17 +474,24 @@ class CanvasView(QWidget):
                 self._drag = {"kind": "split"}
                 self.set_split(pos.x() / max(self.width(), 1))
         elif button in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):
-            self._start_tool(pos, right=button == Qt.MouseButton.RightButton)
+            shift = bool(event.modifiers() & Qt.KeyboardModifier.ShiftModifier)
+            self._start_tool(pos, right=button == Qt.MouseButton.RightButton, line=shift)
         event.accept()
 
-    def _start_tool(self, pos: QPointF, right: bool) -> None:
+    def _start_tool(self, pos: QPointF, right: bool, line: bool = False) -> None:
+        """Start the current tool at `pos`. With `line` (Shift), a brush stroke starts with a
+        straight line from where the last stroke ended, as in Krita and Photoshop."""
         point = self.to_image(pos)
         tool = self.tools.tool
         if tool == BRUSH:
             erase = right or self.tools.eraser
+            start = self._stroke_end if line and self._stroke_end is not None else point
             self._drag = {"kind": BRUSH}
-            self.document.begin_stroke(point.x(), point.y(), self.tools.radius,
+            self.document.begin_stroke(start.x(), start.y(), self.tools.radius,
                                        self.tools.hardness, erase)  # fmt: skip
+            if start is not point:
+                self.document.stroke_to(point.x(), point.y())
+            self._stroke_end = point
         else:
             self._drag = {"kind": tool, "points": [point], "right": right}
 
@@ -501,6 +510,7 @@ class CanvasView(QWidget):
         elif drag["kind"] == BRUSH:
             point = self.to_image(pos)
             self.document.stroke_to(point.x(), point.y())
+            self._stroke_end = point
         else:
             self._extend_selection(drag, self.to_image(pos))
         self._update_outline(old)

@@ -339,3 +339,20 @@ def test_h_hides_and_shows_the_mask_tint(canvas, qtbot):
     assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (0, 120, 0)
     qtbot.keyClick(canvas, Qt.Key.Key_H)
     assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == tinted
+
+
+def test_shift_click_paints_a_straight_line_from_the_last_stroke(canvas):
+    canvas.set_zoom(1.0)
+    drag(canvas, [QPointF(100, 100), QPointF(110, 100)])
+    mouse(
+        canvas,
+        QEvent.Type.MouseButtonPress,
+        QPointF(500, 400),
+        modifiers=Qt.KeyboardModifier.ShiftModifier,
+    )
+    mouse(canvas, QEvent.Type.MouseButtonRelease, QPointF(500, 400), held=Qt.MouseButton.NoButton)
+    a, b = canvas.to_image(QPointF(110, 100)), canvas.to_image(QPointF(500, 400))
+    xs = np.linspace(a.x(), b.x(), 600).astype(int)
+    ys = np.linspace(a.y(), b.y(), 600).astype(int)
+    assert canvas.document.mask.as_bool()[ys, xs].all()
+    assert len(canvas.document.history) == 2
