@@ -14,13 +14,15 @@ Facts: shared/notes/stack.md §1 (kernels, the int8 alignment crash).
 from __future__ import annotations
 
 import json
+import mmap
 import re
+import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from engine.errors import BadCheckpoint, BadInput
@@ -56,12 +58,12 @@ def quantize_int4(w: Tensor, group: int = DEFAULT_GROUP) -> dict[str, Tensor]:
     """Asymmetric per group of `group` columns: w [..., N, K] -> packed nibbles, scale, minv."""
     *lead, n, k = w.shape
     g = group_for(k, group)
-    wg = w.float().reshape(*lead, n, k // g, g)
-    low, high = wg.amin(-1), wg.amax(-1)
+    wg = w.to(torch.float32, copy=True).reshape(*lead, n, k // g, g)  # worked on in place
+    low, high = torch.aminmax(wg, dim=-1)
     scale = ((high - low) / 15).clamp(min=1e-12).to(STORE_DTYPE)
     minv = low.to(STORE_DTYPE)
-    q = torch.round((wg - minv.float().unsqueeze(-1)) / scale.float().unsqueeze(-1))
-    q = q.clamp(0, 15).to(torch.uint8).reshape(*lead, n, k)
+    wg.sub_(minv.float().unsqueeze(-1)).mul_((1 / scale.float()).unsqueeze(-1))
+    q = wg.round_().clamp_(0, 15).to(torch.uint8).reshape(*lead, n, k)
     return {"qweight": q[..., 0::2] | (q[..., 1::2] << 4), "scale": scale, "minv": minv}
 
 
@@ -491,15 +493,56 @@ def load_backbone(
     loader = _StreamLoader(model, config.num_experts, group, folder if not manifest else None)
     files = shard_files(folder)
     for done, file in enumerate(files, 1):
-        with safe_open(file, framework="pt", device=str(device)) as shard:
-            for name in shard.keys():
-                loader.take(name, shard.get_tensor(name))
+        for name, tensor in mapped_tensors(file):
+            loader.take(name, tensor.to(device))
         if on_progress:
             on_progress(done, len(files))
     loader.finish()
     if pack:
         pack_model(model, dtype)
     return model.eval().requires_grad_(False)
+
+
+SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+    "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "BOOL": torch.bool,
+    **{k: getattr(torch, v) for k, v in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"))
+       if hasattr(torch, v)},
+}  # fmt: skip
+
+
+def mapped_tensors(path: Path):
+    """Each tensor of a safetensors file as a view into the memory-mapped file, in file order.
+
+    No tensor is copied into process memory here: the caller copies (or quantizes) each one
+    where it belongs, and the file's pages are dropped when the map closes after the last one.
+    """
+    with open(path, "rb") as file:
+        mm = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        (length,) = struct.unpack("<Q", mm[:8])
+        header = json.loads(mm[8 : 8 + length])
+        header.pop("__metadata__", None)
+        start = 8 + length
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            begin, end = entry["data_offsets"]
+            dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+            if dtype is None:
+                raise BadCheckpoint(
+                    f"Tensor {name} in {path.name} has the unknown type {entry['dtype']}."
+                )
+            count = (end - begin) // torch.empty(0, dtype=dtype).element_size()
+            with warnings.catch_warnings():  # read-only map: the views are only read
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
+            yield name, flat.view(entry["shape"])
+            del flat
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a caller still holds a view: the map closes when it goes
+            pass
 
 
 class _StreamLoader:
@@ -570,7 +613,7 @@ class _StreamLoader:
                 "expert weights with .weight_scale_inv block scales are expected in FP8."
             )
         slot = self.fp8.setdefault(weight_name, {})
-        slot["scale" if name.endswith(FP8_SCALE_SUFFIX) else "weight"] = tensor
+        slot["scale" if name.endswith(FP8_SCALE_SUFFIX) else "weight"] = tensor.clone()
         if len(slot) == 2:
             del self.fp8[weight_name]
             self.take(weight_name, dequantize_fp8(slot["weight"], slot["scale"]))

@@ -3,6 +3,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,3 +328,53 @@ def test_bad_quant_flags_get_one_sentence(tiny_checkpoint, tmp_path, capsys, arg
         full += ["--prompt", "x", "--out", str(tmp_path / "x.png")]
     assert cli.main(full) == 2
     assert words in capsys.readouterr().err
+
+
+# ---- host memory while loading -----------------------------------------------------------------
+
+RSS_PROBE = """
+import json, sys
+import torch
+from engine import quant
+
+def status(key):  # VmHWM is the peak resident set; unlike ru_maxrss it restarts at exec
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+before = status("VmRSS")
+model = quant.load_backbone(sys.argv[1], "cpu", torch.bfloat16, "int4")
+print(json.dumps({"before": before, "peak": status("VmHWM"), "model": quant.weight_bytes(model)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_peak_host_memory_while_loading_a_real_width_backbone_into_int4(tmp_path):
+    """Real widths (hidden 2048, vocabulary 173568, experts of 512), 2 layers; 32 experts, not
+    256, to keep the test short: the bound scales with the shard and the model either way."""
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from engine.backbone import BackboneConfig, expected_shapes
+    from engine.tiny import official_config_json, write_shards
+
+    config = replace(BackboneConfig.real(), num_hidden_layers=2, num_experts=32)
+    weights = {  # the values do not matter here, only the sizes
+        name: torch.empty(shape, dtype=torch.bfloat16).uniform_(-0.05, 0.05)
+        for name, shape in expected_shapes(config).items()
+    }
+    (tmp_path / "config.json").write_text(json.dumps(official_config_json(config)))
+    write_shards(tmp_path, weights)
+    del weights
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    )
+    got = json.loads(probe.stdout.splitlines()[-1])
+    largest_shard = max(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    bound = 1.5 * largest_shard + got["model"]
+    assert got["peak"] - got["before"] < bound, f"{got}, bound {bound / 1e9:.2f} GB"
