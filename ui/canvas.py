@@ -1,12 +1,14 @@
 """CanvasView: a Document's viewed version with its mask as a tinted overlay; the mouse paints.
 
 Navigation: the wheel zooms about the cursor (Alt+wheel sizes the brush), a pinch zooms, Esc fits
-the image, `1` shows it at 100 %, space-drag and the middle button pan. Painting: the left button
-paints with the brush (or erases when the eraser is on, `E`), the right button erases; with the
-rectangle (`M`) or lasso (`L`) tool a drag adds to the mask, and with Alt or Ctrl held at release it
-subtracts (the right button subtracts too). Shift+click paints a straight line from the last
-stroke's end. `[` and `]` size the brush, `B` picks it, `H` hides the mask's tint. The tool state
-lives in an app.tools.Tools, which a tool-options bar shares.
+the image, `1` shows it at 100 %, `+` and `-` zoom about the middle, space-drag and the middle
+button pan.
+
+Painting: the left button paints with the brush (or erases when the eraser is on, `E`), the right
+button erases, Shift+click paints a straight line from where the last stroke ended. With the
+rectangle (`M`) or lasso (`L`) tool a drag adds to the mask; with Alt or Ctrl held at release, or
+with the right button, it subtracts. `[` and `]` size the brush, `B` picks it, `H` hides the mask's
+tint. The tool state lives in an app.tools.Tools, which a tool-options bar shares.
 
 Fast on a 24-MP photo: the version is converted once to QImages, full size and halved down a few
 times, and each repaint draws only the part inside the dirty region from the level nearest the zoom.
@@ -82,8 +84,8 @@ class CanvasView(QWidget):
         self.setToolTip(
             self.tr(
                 "Paint the area to change. Wheel: zoom, Space or middle button: pan, Esc: fit, "
-                "1: 100 %, [ ]: brush size, E: eraser, B/M/L: brush, rectangle, lasso, "
-                "H: hide the mask."
+                "1: 100 %, + -: zoom, [ ]: brush size, E: eraser, B/M/L: brush, rectangle, "
+                "lasso, H: hide the mask, Shift+click: straight line."
             )
         )
         tools.overlay_changed.connect(self._overlay_colour_changed)
@@ -616,6 +618,9 @@ class CanvasView(QWidget):
                 self.fit()
         elif key == Qt.Key.Key_1:
             self.actual_size()
+        elif key in (Qt.Key.Key_Plus, Qt.Key.Key_Equal, Qt.Key.Key_Minus):
+            factor = WHEEL_STEP**2 if key != Qt.Key.Key_Minus else WHEEL_STEP**-2
+            self.set_zoom(self.zoom * factor)
         else:
             super().keyPressEvent(event)
             return

@@ -356,3 +356,11 @@ def test_shift_click_paints_a_straight_line_from_the_last_stroke(canvas):
     ys = np.linspace(a.y(), b.y(), 600).astype(int)
     assert canvas.document.mask.as_bool()[ys, xs].all()
     assert len(canvas.document.history) == 2
+
+
+def test_plus_and_minus_keys_zoom(canvas, qtbot):
+    zoom = canvas.zoom
+    qtbot.keyClick(canvas, Qt.Key.Key_Plus)
+    assert canvas.zoom == pytest.approx(zoom * 2**0.5)
+    qtbot.keyClick(canvas, Qt.Key.Key_Minus)
+    assert canvas.zoom == pytest.approx(zoom)
