@@ -1,7 +1,8 @@
 """Geometry of masked editing: plan the crop, map the mask to tokens, composite the result.
 
-Pure numpy and PIL. Boxes are (left, top, right, bottom) in image pixels, right and bottom
-exclusive; sizes are (width, height) as PIL has them; token grids are (rows, columns).
+Pure numpy and PIL, torch-free: the remote backend composites in the GUI process. Boxes are
+(left, top, right, bottom) in image pixels, right and bottom exclusive; sizes are
+(width, height) as PIL has them; token grids are (rows, columns).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from engine.buckets import nearest_bucket
 from engine.errors import BadInput
-from engine.vision import nearest_bucket
 
 PATCH = 16  # image pixels per VQ token side, at the bucket size
 MIN_MARGIN = 32  # context kept around the mask on each side, in image pixels

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from engine.buckets import edit_buckets, nearest_bucket  # noqa: F401 (moved there, torch-free)
 from engine.errors import BadCheckpoint, BadInput
 
 MAX_PIXELS = 180_000_000  # decompression-bomb limit, about twice Pillow's warning threshold
@@ -174,36 +175,6 @@ def cover_resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 def fit_for_edit(image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     return cover_resize(image, nearest_bucket(width, height))
-
-
-def edit_buckets(
-    budget: int = 512, step: int = 32, max_ratio: float = 4.0
-) -> list[tuple[int, int]]:
-    """Official edit crop sizes (w, h): multiples of `step`, area <= budget², aspect <= max_ratio.
-
-    Same enumeration as the official `generate_crop_size_list((budget // step) ** 2, step)`.
-    """
-    patches = (budget // step) ** 2
-    wp, hp = patches, 1
-    sizes = []
-    while wp > 0:
-        if max(wp, hp) / min(wp, hp) <= max_ratio:
-            sizes.append((wp * step, hp * step))
-        if (hp + 1) * wp <= patches:
-            hp += 1
-        else:
-            wp -= 1
-    return sizes
-
-
-def nearest_bucket(width: float, height: float, buckets: list[tuple[int, int]] | None = None):
-    """The bucket whose aspect best matches width:height (official score; ties to the wider)."""
-
-    def score(size: tuple[int, int]) -> tuple[float, tuple[int, int]]:
-        rw, rh = size[0] / width, size[1] / height
-        return min(rw, rh) / max(rw, rh), size
-
-    return max(buckets or edit_buckets(), key=score)
 
 
 # ---------------------------------------------------------------------------------------------

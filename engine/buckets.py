@@ -1,0 +1,37 @@
+"""The official edit crop sizes ("buckets") and the aspect rule that picks one.
+
+Torch-free (standard library only), so the GUI process can plan a masked edit too: the remote
+backend crops and composites locally around a server's edit (app/remote.py).
+"""
+
+from __future__ import annotations
+
+
+def edit_buckets(
+    budget: int = 512, step: int = 32, max_ratio: float = 4.0
+) -> list[tuple[int, int]]:
+    """Official edit crop sizes (w, h): multiples of `step`, area <= budget², aspect <= max_ratio.
+
+    Same enumeration as the official `generate_crop_size_list((budget // step) ** 2, step)`.
+    """
+    patches = (budget // step) ** 2
+    wp, hp = patches, 1
+    sizes = []
+    while wp > 0:
+        if max(wp, hp) / min(wp, hp) <= max_ratio:
+            sizes.append((wp * step, hp * step))
+        if (hp + 1) * wp <= patches:
+            hp += 1
+        else:
+            wp -= 1
+    return sizes
+
+
+def nearest_bucket(width: float, height: float, buckets: list[tuple[int, int]] | None = None):
+    """The bucket whose aspect best matches width:height (official score; ties to the wider)."""
+
+    def score(size: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+        rw, rh = size[0] / width, size[1] / height
+        return min(rw, rh) / max(rw, rh), size
+
+    return max(buckets or edit_buckets(), key=score)
