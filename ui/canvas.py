@@ -52,6 +52,7 @@ SMOOTH_BELOW = 2.0  # zooms below this are filtered; above, pixels show as squar
 BACKGROUND = QColor(38, 38, 42)
 SPLIT, SIDE = "split", "side"
 PYRAMIDS_KEPT = 3  # converted versions kept, so Tab between two versions converts nothing
+THUMBNAIL = 160  # side of a preview that cannot be placed over the image, in screen pixels
 
 
 class CanvasView(QWidget):
@@ -225,13 +226,26 @@ class CanvasView(QWidget):
 
     # ------------------------------------------------------------ hooks for the window
 
-    def set_progress(self, text: str, step: int, total: int, preview: np.ndarray | None) -> None:
-        """Show a job's stage text, step of total, and its preview scaled over the image."""
+    def set_progress(
+        self,
+        text: str,
+        step: int,
+        total: int,
+        preview: np.ndarray | None,
+        box: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        """Show a job's stage text, step of total, and its preview.
+
+        The preview covers `box` (x0, y0, x1, y1 in image pixels) when given, else the whole
+        image when it has the image's shape. A preview of another shape (a masked edit's
+        context crop, whose place the engine does not report) shows as a thumbnail above the
+        progress bar instead of stretched over the wrong pixels.
+        """
         old = self._progress
         picture = None
         if preview is not None:
             picture = old["picture"] if old and old["source"] is preview else to_qimage(preview)
-        self._progress = {"text": text, "step": step, "total": total}
+        self._progress = {"text": text, "step": step, "total": total, "box": box}
         self._progress |= {"source": preview, "picture": picture}
         self.update()
 
@@ -380,20 +394,21 @@ class CanvasView(QWidget):
         progress = self._progress
         if progress is None:
             return
-        if progress["picture"] is not None:
-            pane = self._panes()[-1]
-            width, height = self.image_size()
-            placed = QRectF(
-                self.offset + pane.topLeft(), QRectF(0, 0, width, height).size() * self.zoom
-            )
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-            painter.drawImage(placed, progress["picture"])
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        picture, place = progress["picture"], self._preview_place()
+        if picture is not None and place is not None:
+            painter.drawImage(place, picture)
         total = max(progress["total"], 1)
         text = progress["text"]
         if progress["total"]:
             text = f"{text}  {progress['step']}/{progress['total']}"
         width = max(self._label_width(text), 220)
         box = QRectF((self.width() - width) / 2, self.height() - 64, width, 44)
+        if picture is not None and place is None:
+            scale = min(THUMBNAIL / picture.height(), THUMBNAIL / picture.width())
+            size = QPointF(picture.width(), picture.height()) * scale
+            corner = QPointF(self.width() / 2 - size.x() / 2, box.top() - 8 - size.y())
+            painter.drawImage(QRectF(corner, corner + size), picture)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(0, 0, 0, 180))
         painter.drawRoundedRect(box, 6, 6)
@@ -412,6 +427,23 @@ class CanvasView(QWidget):
         window with its own indicator may turn this off)."""
         self._badge = visible
         self.update()
+
+    def _preview_place(self) -> QRectF | None:
+        """Where the preview goes on screen over the image; None: as a thumbnail."""
+        progress = self._progress
+        picture = progress["picture"]
+        if picture is None:
+            return None
+        width, height = self.image_size()
+        x0, y0, x1, y1 = progress["box"] or (0, 0, width, height)
+        if progress["box"] is None:
+            same_shape = (
+                abs(picture.width() / picture.height() - width / height) < 0.02 * width / height
+            )
+            if not same_shape:
+                return None
+        top_left = QPointF(x0, y0) * self.zoom + self.offset + self._panes()[-1].topLeft()
+        return QRectF(top_left, QPointF(x1 - x0, y1 - y0) * self.zoom + top_left)
 
     def _draw_badge(self, painter) -> None:
         doc = self.document

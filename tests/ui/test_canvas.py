@@ -182,7 +182,7 @@ def test_painting_after_an_edit_leaves_its_mask_snapshot_alone(canvas):
 
 
 def test_progress_preview_covers_the_image_and_clears(canvas):
-    preview = np.full((16, 16, 3), 255, np.uint8)
+    preview = np.full((12, 16, 3), 255, np.uint8)  # the image's 4:3 shape
     canvas.set_progress("Denoising", 3, 8, preview)
     assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (255, 255, 255)
     canvas.clear_progress()
@@ -364,3 +364,15 @@ def test_plus_and_minus_keys_zoom(canvas, qtbot):
     assert canvas.zoom == pytest.approx(zoom * 2**0.5)
     qtbot.keyClick(canvas, Qt.Key.Key_Minus)
     assert canvas.zoom == pytest.approx(zoom)
+
+
+def test_preview_of_another_shape_shows_as_a_thumbnail_or_in_its_box(canvas):
+    crop = np.full((16, 32, 3), 255, np.uint8)  # 2:1, the image is 4:3
+    canvas.set_progress("Denoising", 1, 8, crop)
+    assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (0, 120, 0)  # not over the image
+    assert pixel(canvas, QPoint(400, 600 - 64 - 8 - 20)).getRgb()[:3] == (255, 255, 255)
+    canvas.set_progress("Denoising", 2, 8, crop, box=(0, 0, 2000, 1000))
+    top_left = canvas.to_widget(QPointF(100, 100)).toPoint()
+    assert pixel(canvas, top_left).getRgb()[:3] == (255, 255, 255)
+    below = canvas.to_widget(QPointF(100, 1100)).toPoint()
+    assert pixel(canvas, below).getRgb()[:3] == (0, 120, 0)
