@@ -515,6 +515,8 @@ class CanvasView(QWidget):
     def _start_tool(self, pos: QPointF, right: bool, line: bool = False) -> None:
         """Start the current tool at `pos`. With `line` (Shift), a brush stroke starts with a
         straight line from where the last stroke ended, as in Krita and Photoshop."""
+        if self.document.mask.shape != self.document.image.shape[:2]:
+            return  # viewing a version of another size: the mask belongs to the current one
         point = self.to_image(pos)
         tool = self.tools.tool
         if tool == BRUSH:
