@@ -323,6 +323,8 @@ register(
     ),
     Rule("use_cache", "bool", "The KV cache switch", flag="--cache"),
     Rule("temperature", "float", "The temperature", low=0.0, high=2.0),
+    Rule("top_k", "int", "The top-k", low=1, high=1_000_000),
+    Rule("top_p", "float", "The top-p", low=0.0, high=1.0, above=True),
     # images out
     Rule("width", "int", "The width", low=256, high=1024, step=32, unit="px"),
     Rule("height", "int", "The height", low=256, high=1024, step=32, unit="px"),

@@ -127,6 +127,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     rules.add_flag(parser, "threshold", help="commit every token above it (official 0.95; off)")
     rules.add_flag(parser, "use_cache", help="KV cache of completed blocks (exact; default on)")
     rules.add_flag(parser, "temperature", help="0 takes the most likely token (official 0)")
+    rules.add_flag(parser, "top_k", help="draw among the k likeliest tokens (default: all)")
+    rules.add_flag(parser, "top_p", help="draw within this probability mass (default: all)")
 
 
 def add_image_flags(parser: argparse.ArgumentParser) -> None:
@@ -217,7 +219,8 @@ def check_request(options: argparse.Namespace) -> None:
 
 
 def loop_options(options: argparse.Namespace) -> dict:
-    names = ("seed", "steps", "block_length", "threshold", "use_cache", "temperature")
+    names = ("seed", "steps", "block_length", "threshold", "use_cache", "temperature", "top_k")
+    names += ("top_p",)
     return {name: getattr(options, name) for name in names}
 
 

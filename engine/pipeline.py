@@ -14,7 +14,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,8 @@ class Defaults:
     # each step). The official baseline is threshold 0.95 without the cache.
     use_cache: bool = True
     temperature: float = 0.0  # the official default; 0 takes the most likely token
+    top_k: int | None = None  # the official default: every token may be drawn
+    top_p: float | None = None
     cfg_rescale: float = 0.0  # sglang-omni uses 0.7; the Uni-derived LLaDA-Image copy uses none
     decoder_turbo: bool = True
     decoder_steps: int | None = None  # None: the decoder's own (turbo 8, normal 50)
@@ -102,6 +104,8 @@ class Loop:
     threshold: float  # THRESHOLD_OFF: a fixed number of tokens per step
     use_cache: bool
     temperature: float
+    top_k: int | None
+    top_p: float | None
 
     def sampler_options(self) -> dict:
         threshold = None if self.threshold >= THRESHOLD_OFF else self.threshold
@@ -110,7 +114,7 @@ class Loop:
             "block_length": self.block_length,
             "threshold": threshold,
             "use_cache": self.use_cache,
-            "sampling": Sampling(temperature=self.temperature),
+            "sampling": Sampling(self.temperature, self.top_k, self.top_p),
         }
 
     def metadata(self, prefix: str = "") -> dict:
@@ -121,6 +125,8 @@ class Loop:
             "threshold": threshold,
             "use_cache": self.use_cache,
             "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
         }
 
 
@@ -282,18 +288,14 @@ class Pipeline:
         self._codes.move_to_end(key)
         return ImageCodes(self._codes[key].numpy())
 
-    def _loop(self, steps, default_steps, block_length, threshold, use_cache, temperature) -> Loop:
-        """The request's loop values, or else the defaults, each checked against engine/args.py."""
+    def _loop(self, steps: int | None, default_steps: int, **given) -> Loop:
+        """The request's loop values (block_length, threshold, use_cache, temperature, top_k,
+        top_p), or else the defaults, each checked against engine/args.py."""
         d = self.defaults
-        loop = Loop(
-            steps=_given(steps, default_steps),
-            block_length=_given(block_length, d.block_length),
-            threshold=_given(threshold, d.threshold),
-            use_cache=_given(use_cache, d.use_cache),
-            temperature=_given(temperature, d.temperature),
-        )
-        for name in ("steps", "block_length", "threshold", "use_cache", "temperature"):
-            args.check(name, getattr(loop, name))
+        values = {name: _given(value, getattr(d, name)) for name, value in given.items()}
+        loop = Loop(steps=_given(steps, default_steps), **values)
+        for f in fields(loop):
+            args.check(f.name, getattr(loop, f.name))
         args.check_steps(loop.steps, loop.block_length)
         return loop
 
@@ -407,6 +409,8 @@ class Pipeline:
         threshold: float | None = None,
         use_cache: bool | None = None,
         temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         on_progress: OnProgress | None = None,
         on_preview: OnPreview | None = None,
         on_text: OnText | None = None,
@@ -425,7 +429,10 @@ class Pipeline:
         check_size(width, height)
         d = self.defaults
         _check(seed=seed, thinking=thinking, cfg_scale=cfg_scale, cfg_rescale=cfg_rescale)
-        loop = self._loop(steps, d.t2i_steps, block_length, threshold, use_cache, temperature)
+        loop = self._loop(
+            steps, d.t2i_steps, block_length=block_length, threshold=threshold,
+            use_cache=use_cache, temperature=temperature, top_k=top_k, top_p=top_p,
+        )  # fmt: skip
         decoding = self._decoding(turbo, decoder_steps, resolution_multiplier)
         scale = _given(cfg_scale, d.t2i_cfg)
         rescale = _given(cfg_rescale, d.cfg_rescale)
@@ -516,6 +523,8 @@ class Pipeline:
         threshold: float | None = None,
         use_cache: bool | None = None,
         temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         on_progress: OnProgress | None = None,
         on_preview: OnPreview | None = None,
     ) -> ImageOutput:
@@ -527,7 +536,10 @@ class Pipeline:
         c, d = self.backbone.config, self.defaults
         _check(seed=seed, cfg_text_scale=cfg_text_scale, cfg_image_scale=cfg_image_scale)
         _check(cfg_rescale=cfg_rescale)
-        loop = self._loop(steps, d.edit_steps, block_length, threshold, use_cache, temperature)
+        loop = self._loop(
+            steps, d.edit_steps, block_length=block_length, threshold=threshold,
+            use_cache=use_cache, temperature=temperature, top_k=top_k, top_p=top_p,
+        )  # fmt: skip
         decoding = self._decoding(turbo, decoder_steps, resolution_multiplier)
         full = (
             np.zeros(image.shape[:2], bool)
@@ -598,6 +610,8 @@ class Pipeline:
         threshold: float | None = None,
         use_cache: bool | None = None,
         temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         on_progress: OnProgress | None = None,
         on_text: OnText | None = None,
     ) -> str:
@@ -613,8 +627,9 @@ class Pipeline:
         d = self.defaults
         _check(seed=seed, max_tokens=gen_length)
         loop = self._loop(
-            steps, d.understand_steps, block_length, threshold, use_cache, temperature
-        )
+            steps, d.understand_steps, block_length=block_length, threshold=threshold,
+            use_cache=use_cache, temperature=temperature, top_k=top_k, top_p=top_p,
+        )  # fmt: skip
         ids = self.chat_ids(turns, mask, on_progress)
         B = loop.block_length
         room = self.backbone.config.max_position_embeddings - len(ids)

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-VERSION = 3  # bump on any change to a message or the framing; both sides must agree
+VERSION = 4  # bump on any change to a message or the framing; both sides must agree
 MAGIC = b"LLDS"
 _PREFIX = struct.Struct("<4sI")
 MAX_HEADER_BYTES = 16 << 20
@@ -70,6 +70,8 @@ class Understand:
     threshold: float | None = None  # None: the official 0.95; 1.0: a fixed count per step
     use_cache: bool | None = None  # KV cache of completed blocks (exact); None: on
     temperature: float | None = None  # None: the official 0
+    top_k: int | None = None  # draw among the k likeliest tokens; None: all (official)
+    top_p: float | None = None  # draw among the likeliest tokens up to this mass; None: all
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Generate:
     threshold: float | None = None
     use_cache: bool | None = None
     temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class Edit:
     threshold: float | None = None
     use_cache: bool | None = None
     temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ class FakePipeline:
     def generate(self, prompt, *, width=1024, height=1024, seed=0, thinking=False, steps=None,
                  cfg_scale=None, cfg_rescale=None, turbo=None, decoder_steps=None,
                  resolution_multiplier=None, thinking_steps=None, thinking_length=None,
-                 block_length=None, threshold=None, use_cache=None, temperature=None,
-                 on_progress=None, on_preview=None, on_text=None) -> FakeOutput:  # fmt: skip
+                 block_length=None, threshold=None, use_cache=None, temperature=None, top_k=None,
+                 top_p=None, on_progress=None, on_preview=None,
+                 on_text=None) -> FakeOutput:  # fmt: skip
         self.calls.append("generate")
         self._special(prompt)
         if thinking and on_text:
@@ -60,7 +61,8 @@ class FakePipeline:
     def edit(self, image, instruction, *, mask=None, seed=0, steps=None, cfg_text_scale=None,
              cfg_image_scale=None, cfg_rescale=None, turbo=None, decoder_steps=None,
              resolution_multiplier=None, block_length=None, threshold=None, use_cache=None,
-             temperature=None, on_progress=None, on_preview=None) -> FakeOutput:  # fmt: skip
+             temperature=None, top_k=None, top_p=None, on_progress=None,
+             on_preview=None) -> FakeOutput:  # fmt: skip
         self.calls.append("edit")
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8):
             raise BadInput("The image to edit is not a readable RGB picture.")
@@ -73,7 +75,7 @@ class FakePipeline:
 
     def understand(self, turns, *, seed=0, mask=None, steps=None, gen_length=None,
                    block_length=None, threshold=None, use_cache=None, temperature=None,
-                   on_progress=None, on_text=None) -> str:  # fmt: skip
+                   top_k=None, top_p=None, on_progress=None, on_text=None) -> str:  # fmt: skip
         self.calls.append("understand")
         self._special(turns[-1].text)
         images = sum(len(t.images) for t in turns)

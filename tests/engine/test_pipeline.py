@@ -281,6 +281,25 @@ def test_cache_threshold_and_block_length_are_request_options(pipeline):
     assert a == b
 
 
+def test_temperature_top_k_and_top_p_come_from_the_request(pipeline):
+    size = {"width": 256, "height": 256, "steps": 4, "decoder_steps": 1}
+
+    def denoise_steps(**options) -> int:
+        steps = []
+        pipeline.generate("a fox", **size, **options, on_progress=lambda s, *_: steps.append(s))
+        return steps.count("denoise tokens")
+
+    # among one token the drawn one has probability 1, above the threshold: a block per step
+    blocks = denoise_steps(top_k=1)
+    assert blocks < denoise_steps() and blocks == denoise_steps(top_k=1, temperature=1.0)
+    hot = [
+        pipeline.generate("a fox", **size, temperature=1.5, top_p=0.9, seed=s) for s in (1, 1, 2)
+    ]
+    assert np.array_equal(hot[0].codes, hot[1].codes)
+    assert not np.array_equal(hot[0].codes, hot[2].codes)
+    assert hot[0].metadata["top_p"] == "0.9" and hot[0].metadata["top_k"] == "null"
+
+
 def test_official_baseline_is_threshold_095_without_cache():
     from engine.pipeline import Defaults
 
@@ -300,6 +319,8 @@ def test_official_baseline_is_threshold_095_without_cache():
         ({"cfg_rescale": 2.0}, "The CFG rescale"),
         ({"thinking": True, "thinking_length": 0}, "The thinking length"),
         ({"seed": -5}, "The seed"),
+        ({"top_p": 0.0}, "The top-p must be a number above 0 and at most 1"),
+        ({"top_k": 0}, "The top-k"),
     ],
 )
 def test_bad_parameters_get_the_sentence_of_the_rule_table(pipeline, options, words):
