@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ RESERVE_BYTES = 200 * 10**6  # left free on the disk after the download, for log
 LAST_FILE = "config.json"  # its arrival marks the folder as a model, so it comes last
 PROGRESS_EVERY_S = 0.1
 RATE_WINDOW_S = 10.0
+WORKERS = 4  # files fetched at once
 
 
 class DownloadError(StudioError):
@@ -46,11 +49,6 @@ class RemoteFile:
     size: int
     sha256: str | None = None  # LFS files: the hub's sha256 of the content
     blob_id: str | None = None  # small files: the git blob sha1
-
-    def matches(self, sha256: str, blob_id: str) -> bool:
-        if self.sha256:
-            return sha256 == self.sha256
-        return self.blob_id is None or blob_id == self.blob_id
 
 
 @dataclass
@@ -108,52 +106,71 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class Meter:
-    """Turns byte counts into throttled Progress reports with a rate and time left."""
+    """Turns byte counts into throttled Progress reports with a rate and time left. Several
+    transfers share one Meter from their threads; `stop()` makes each of them end at its next
+    chunk, as `should_stop` does."""
 
     total: int
     on_progress: ProgressCallback | None
     should_stop: Callable[[], bool] | None
-    done: int = 0
     stage: str = "downloading"
-    file: str = ""
-    samples: deque = field(default_factory=deque)  # (time, bytes fetched this run)
-    fetched: int = 0
+    done: int = 0
+    file: str = ""  # the file of the latest bytes
+    fetched: int = 0  # bytes that came over the network in this run, for the rate
+    samples: deque = field(default_factory=deque)  # (time, fetched)
     last_report: float = 0.0
+    stopped: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, n: int) -> None:
-        if self.should_stop is not None and self.should_stop():
+    def add(self, n: int, file: str = "") -> None:
+        if self.stopped or (self.should_stop is not None and self.should_stop()):
+            self.stopped = True
             raise Cancelled("The download was cancelled; run it again to resume.")
-        self.done += n
-        if self.stage == "downloading":
-            self.fetched += n
+        with self.lock:
+            self.done += n
+            self.file = file or self.file
+            if self.stage == "downloading":
+                self.fetched += n
         self.report()
 
-    def report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last_report < PROGRESS_EVERY_S:
-            return
-        self.last_report = now
-        self.samples.append((now, self.fetched))
-        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
-            self.samples.popleft()
-        rate = left = None
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        if t1 - t0 >= 0.5 and b1 > b0:
-            rate = (b1 - b0) / (t1 - t0)
-            left = max(self.total - self.done, 0) / rate
+    def take_back(self, n: int) -> None:
+        """Bytes counted as done that are gone again (a part file started over)."""
+        with self.lock:
+            self.done -= n
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def report(self, force: bool = False, stage: str = "", file: str = "") -> None:
+        with self.lock:
+            now = time.monotonic()
+            if not force and now - self.last_report < PROGRESS_EVERY_S:
+                return
+            self.last_report = now
+            self.samples.append((now, self.fetched))
+            while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
+                self.samples.popleft()
+            rate = left = None
+            (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+            if t1 - t0 >= 0.5 and b1 > b0:
+                rate = (b1 - b0) / (t1 - t0)
+                left = max(self.total - self.done, 0) / rate
+            progress = Progress(
+                stage or self.stage, self.done, self.total, rate, left, file or self.file
+            )
         if self.on_progress is not None:
-            self.on_progress(Progress(self.stage, self.done, self.total, rate, left, self.file))
+            self.on_progress(progress)
 
 
 class MeteredFile:
     """A binary file that reports each write to a Meter (which may raise Cancelled)."""
 
-    def __init__(self, raw, meter: Meter):
-        self.raw, self.meter = raw, meter
+    def __init__(self, raw, meter: Meter, name: str):
+        self.raw, self.meter, self.name = raw, meter, name
 
     def write(self, data: bytes) -> int:
         written = self.raw.write(data)
-        self.meter.add(len(data))
+        self.meter.add(len(data), self.name)
         return written
 
     def seek(self, *args) -> int:
@@ -165,7 +182,7 @@ class MeteredFile:
     def truncate(self, *args) -> int:  # a server that ignored the range: start the file over
         before = self.raw.tell()
         size = self.raw.truncate(*args)
-        self.meter.done -= max(before - size, 0)
+        self.meter.take_back(max(before - size, 0))
         return size
 
 
@@ -202,6 +219,7 @@ class Download:
     verify_all: bool = False  # hash every file, even those verified before and unchanged since
     on_progress: ProgressCallback | None = None
     should_stop: Callable[[], bool] | None = None
+    workers: int = WORKERS
     notes: list[str] = field(default_factory=list)  # what the user should know afterwards
 
     def run(self) -> Path:
@@ -303,9 +321,8 @@ class Download:
         ]
         meter = self._meter(sum(f.size for f in suspects), "checking")
         for file in suspects:
-            meter.file = file.path
             target = self.folder / file.path
-            if target.stat().st_size == file.size and file.matches(*_digests(target, meter)):
+            if target.stat().st_size == file.size and _matches(target, file, meter):
                 record.verified[file.path] = _stamp(target)
             else:
                 target.unlink()
@@ -324,28 +341,39 @@ class Download:
             )
 
     def _fetch_all(self, record: Record, todo: list[RemoteFile]) -> None:
+        """Several files at once (the hub's CDN serves each stream at a limited rate), and
+        config.json alone at the end, so a stopped download never looks like a model."""
         total = sum(f.size for f in record.files)
         meter = self._meter(total, "downloading")
         meter.done = total - sum(f.size for f in todo)
+        lock = threading.Lock()
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            futures = [
+                pool.submit(self._fetch, record, f, meter, lock)
+                for f in todo
+                if f.path != LAST_FILE
+            ]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:  # Cancelled, Ctrl+C or a failure: the others stop too
+                meter.stop()
+                pool.shutdown(cancel_futures=True)
+                raise
         for file in todo:
-            meter.file = file.path
-            self._fetch(record, file, meter)
-            record.verified[file.path] = _stamp(self.folder / file.path)
-            record.save(self.folder)
+            if file.path == LAST_FILE:
+                self._fetch(record, file, meter, lock)
         meter.report(force=True)
 
-    def _fetch(self, record: Record, file: RemoteFile, meter: Meter) -> None:
+    def _fetch(self, record: Record, file: RemoteFile, meter: Meter, lock: threading.Lock):
         """One file into partial/, resumed where a part is there; checked, then moved in place."""
         part = self._partial(file)
         for attempt in (1, 2):
             self._transfer(record, file, part, meter)
-            meter.stage = "verifying"  # a 5 GB shard hashes for a few seconds: say so
-            meter.report(force=True)
-            digests = _digests(part, None)
-            meter.stage = "downloading"
-            if file.matches(*digests):
+            meter.report(force=True, stage="verifying", file=file.path)  # seconds for 5 GB
+            if _matches(part, file, None):
                 break
-            meter.done -= file.size
+            meter.take_back(file.size)
             part.unlink()
             if attempt == 2:
                 raise DownloadError(
@@ -355,6 +383,9 @@ class Download:
         target = self.folder / file.path
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
+        with lock:
+            record.verified[file.path] = _stamp(target)
+            record.save(self.folder)
 
     def _transfer(self, record: Record, file: RemoteFile, part: Path, meter: Meter) -> None:
         import httpx2
@@ -366,14 +397,15 @@ class Download:
         have = _partial_size(part, file.size)
         if have == 0:
             part.unlink(missing_ok=True)
-        meter.done += have
+        with meter.lock:
+            meter.done += have
         url = hf_hub_url(self.repo_id, file.path, revision=record.revision, endpoint=endpoint())
         headers = build_hf_headers(token=self.token, library_name="llada-studio")
         try:
             with part.open("ab") as raw:
                 http_get(
                     url,
-                    MeteredFile(raw, meter),  # type: ignore[arg-type]
+                    MeteredFile(raw, meter, file.path),  # type: ignore[arg-type]
                     resume_size=have,
                     headers=headers,
                     expected_size=file.size,
@@ -458,17 +490,20 @@ def _partial_size(part: Path, size: int) -> int:
     return have if have <= size else 0
 
 
-def _digests(path: Path, meter: Meter | None) -> tuple[str, str]:
-    """(sha256 of the content, git blob sha1) in one pass."""
-    sha256 = hashlib.sha256()
-    blob = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as file:
-        while chunk := file.read(8 * 2**20):
-            sha256.update(chunk)
-            blob.update(chunk)
+def _matches(path: Path, file: RemoteFile, meter: Meter | None) -> bool:
+    """Whether the content has the hub's checksum: sha256 for LFS files, else the git blob id."""
+    if file.sha256:
+        digest, want = hashlib.sha256(), file.sha256
+    elif file.blob_id:
+        digest, want = hashlib.sha1(b"blob %d\0" % path.stat().st_size), file.blob_id
+    else:
+        return True  # the hub gave no checksum: the size check has to do
+    with path.open("rb") as stream:
+        while chunk := stream.read(8 * 2**20):
+            digest.update(chunk)
             if meter is not None:
-                meter.add(len(chunk))
-    return sha256.hexdigest(), blob.hexdigest()
+                meter.add(len(chunk), file.path)
+    return digest.hexdigest() == want
 
 
 def _reason(error: BaseException) -> str:

@@ -65,7 +65,7 @@ class HubServer:
         self.files = {f.path: f for f in read_files(Path(self.folder))}
         self.by_sha256 = {f.sha256: f for f in self.files.values() if f.lfs}
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._http = QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
 
@@ -105,6 +105,16 @@ class HubServer:
                     entry["lfs"] = {"size": len(f.data), "sha256": f.sha256, "pointerSize": 134}
             siblings.append(entry)
         return {"id": self.repo_id, "sha": self.commit, "siblings": siblings}
+
+
+class QuietServer(ThreadingHTTPServer):
+    """Says nothing when a client hangs up midway, as a cancelled download does."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def read_files(folder: Path) -> list[HubFile]:
