@@ -185,7 +185,7 @@ class Document(QObject):
         if self._stroke is None:
             return
         self._stroke = None
-        self._push_mask_step(self.mask.commit())
+        self._push_mask_step(self.mask.commit(), emit=False)  # its dabs were reported as made
 
     def paint_line(
         self,
@@ -212,6 +212,12 @@ class Document(QObject):
 
     def clear_mask(self) -> None:
         self._set_whole_mask(0)
+
+    def grow_mask(self, pixels: int) -> None:
+        """Grow the masked area by `pixels` all round, or shrink it when negative."""
+        self.end_stroke()
+        self.mask.grow(int(pixels))
+        self._push_mask_step(self.mask.commit())
 
     def fill_mask(self) -> None:
         self._set_whole_mask(255)
@@ -276,9 +282,13 @@ class Document(QObject):
         rect = self.mask.undo(step) if undo else self.mask.redo(step)
         self._emit_mask(rect)
 
-    def _push_mask_step(self, step: MaskStep | None) -> None:
+    def _push_mask_step(self, step: MaskStep | None, emit: bool = True) -> None:
+        """Close a mask change: one undo step, and (unless the change reported its own rects)
+        the changed tiles' rect to repaint."""
         if step is not None:
             self.history.push(step)
+            if emit:
+                self._emit_mask(step.bounds)
             self.undo_changed.emit()
 
     def _emit_mask(self, rect: Rect | None) -> None:

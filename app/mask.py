@@ -164,6 +164,24 @@ class MaskLayer:
             window[where] = values
         return rect
 
+    def grow(self, pixels: int) -> Rect | None:
+        """Grow the repainted area by `pixels` (a round brush's reach), or shrink it when
+        negative. New pixels get full coverage; pixels kept keep their soft values."""
+        inside = self.coverage >= THRESHOLD
+        box = _bounds(inside)
+        if box is None or pixels == 0:
+            return None
+        r = abs(pixels)
+        # only pixels within r of the mask's edge change; the image border never erodes it
+        rect = clip_rect((box[0] - r, box[1] - r, box[2] + 2 * r, box[3] + 2 * r), self.shape)
+        x, y, w, h = rect
+        region = inside[y : y + h, x : x + w]
+        if pixels > 0:
+            self.set_region(rect, FULL, where=dilate(region, r) & ~region)
+        else:
+            self.set_region(rect, 0, where=region & ~erode(region, r))
+        return rect
+
     # ------------------------------------------------------------ changes and undo
 
     def commit(self) -> TileStep | None:
@@ -238,6 +256,42 @@ def clip_rect(rect: Rect, shape: tuple[int, int]) -> Rect | None:
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + w, shape[1]), min(y + h, shape[0])
     return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def _bounds(inside: np.ndarray) -> Rect | None:
+    """The smallest rect holding every True pixel, or None."""
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def dilate(inside: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels within `radius` of a True pixel (a disc), for an [h, w] bool array.
+
+    For each row offset dy the disc is a run of half-width floor(sqrt(r^2 - dy^2)); a run's
+    "any" is a difference of row-wise running sums. Cost: 2r + 1 passes over the array.
+    """
+    h, w = inside.shape
+    r = int(radius)
+    padded = np.zeros((h + 2 * r, w + 2 * r), bool)
+    padded[r : r + h, r : r + w] = inside
+    sums = np.zeros((h + 2 * r, w + 2 * r + 1), np.int32)
+    np.cumsum(padded, axis=1, out=sums[:, 1:])
+    out = np.zeros((h, w), bool)
+    runs: dict[int, np.ndarray] = {}
+    for dy in range(-r, r + 1):
+        half = int(np.sqrt(r * r - dy * dy))
+        if half not in runs:  # [h + 2r, w]: any True within `half` along the row
+            runs[half] = sums[:, r + half + 1 : r + half + 1 + w] > sums[:, r - half : r - half + w]
+        out |= runs[half][r + dy : r + dy + h]
+    return out
+
+
+def erode(inside: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels whose whole disc of `radius` is True; outside the array counts as True, so the
+    image border does not eat into a mask that touches it."""
+    return ~dilate(~inside, radius)
 
 
 def polygon_mask(points: Sequence[tuple[float, float]], rect: Rect) -> np.ndarray:

@@ -258,3 +258,40 @@ def test_restore_puts_back_versions_mask_and_numbering():
     assert add_result(doc, 1) == "v8"
     with pytest.raises(ValueError):
         doc.restore(versions, "v3", "v1")
+
+
+def test_whole_mask_actions_report_what_to_repaint():
+    doc = make()
+    rects = []
+    doc.mask_changed.connect(lambda *r: rects.append(r))
+    doc.fill_mask()
+    assert rects == [(0, 0, 600, 400)]
+    doc.select_rect(10, 10, 20, 20, subtract=True)
+    assert rects[-1] == (0, 0, 256, 256)  # the tile it touched
+    doc.clear_mask()
+    doc.clear_mask()  # nothing changed: nothing to repaint
+    assert len(rects) == 3
+
+
+def test_grow_and_shrink_by_a_disc_with_undo():
+    doc = make()
+    doc.select_rect(100, 100, 101, 101)  # one pixel at (100, 100)
+    doc.grow_mask(10)
+    ys, xs = np.nonzero(doc.mask.as_bool())
+    assert np.hypot(xs - 100, ys - 100).max() <= 10 and doc.mask.as_bool()[100, 90:111].all()
+    assert len(xs) == sum(1 for y in range(-10, 11) for x in range(-10, 11) if x * x + y * y <= 100)
+    doc.grow_mask(-4)
+    ys, xs = np.nonzero(doc.mask.as_bool())
+    assert np.hypot(xs - 100, ys - 100).max() < 6.5 and doc.mask.as_bool()[100, 94:107].all()
+    doc.undo()
+    doc.undo()
+    assert doc.mask.as_bool().sum() == 1
+
+
+def test_shrink_keeps_a_mask_at_the_image_border():
+    doc = make()
+    doc.select_rect(0, 0, 50, 400)  # a strip along the left edge
+    doc.grow_mask(-5)
+    inside = doc.mask.as_bool()
+    assert inside[200, 0:45].all() and not inside[200, 45:].any()
+    assert inside[0, 10] and inside[399, 10]  # top and bottom edges are the image's: kept

@@ -376,3 +376,16 @@ def test_preview_of_another_shape_shows_as_a_thumbnail_or_in_its_box(canvas):
     assert pixel(canvas, top_left).getRgb()[:3] == (255, 255, 255)
     below = canvas.to_widget(QPointF(100, 1100)).toPoint()
     assert pixel(canvas, below).getRgb()[:3] == (0, 120, 0)
+
+
+def test_document_actions_show_on_tiles_already_drawn(canvas):
+    canvas.tools.set_overlay_opacity(1.0)
+    canvas.tools.set_size(60)
+    drag(canvas, [QPointF(100, 100), QPointF(700, 500)])  # makes overlay tiles all over
+    canvas.grab()
+    inside = canvas.to_image(QPointF(400, 150))
+    canvas.document.select_rect(inside.x() - 50, inside.y() - 50, inside.x() + 50, inside.y() + 50)
+    assert pixel(canvas, QPoint(400, 150)).getRgb()[:3] != (0, 120, 0)
+    canvas.document.clear_mask()
+    assert pixel(canvas, QPoint(400, 150)).getRgb()[:3] == (0, 120, 0)
+    assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (0, 120, 0)  # the stroke too
