@@ -326,8 +326,10 @@ class CanvasView(QWidget):
             visible.size() / self.zoom * scale,
         )
         painter.drawImage(visible, level, source)
-        if with_mask and self.tools.overlay_visible and self.document.mask.shape == (height, width):
-            self._draw_mask(painter, placed, visible)
+        if with_mask:
+            self._draw_preview(painter)  # under the mask, so painting on during a job shows
+            if self.tools.overlay_visible and self.document.mask.shape == (height, width):
+                self._draw_mask(painter, placed, visible)
 
     def _draw_mask(self, painter, placed: QRectF, visible: QRectF) -> None:
         step = self._overlay.step_for(self.zoom * self.devicePixelRatioF())
@@ -390,14 +392,20 @@ class CanvasView(QWidget):
         painter.setPen(QColor(240, 240, 240))
         painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
 
+    def _draw_preview(self, painter) -> None:
+        """A running job's preview over the image (when it has the image's shape or a box)."""
+        place = self._preview_place() if self._progress is not None else None
+        if place is not None:
+            smooth = painter.testRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(place, self._progress["picture"])
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+
     def _draw_progress(self, painter) -> None:
         progress = self._progress
         if progress is None:
             return
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
         picture, place = progress["picture"], self._preview_place()
-        if picture is not None and place is not None:
-            painter.drawImage(place, picture)
         total = max(progress["total"], 1)
         text = progress["text"]
         if progress["total"]:
@@ -405,6 +413,7 @@ class CanvasView(QWidget):
         width = max(self._label_width(text), 220)
         box = QRectF((self.width() - width) / 2, self.height() - 64, width, 44)
         if picture is not None and place is None:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             scale = min(THUMBNAIL / picture.height(), THUMBNAIL / picture.width())
             size = QPointF(picture.width(), picture.height()) * scale
             corner = QPointF(self.width() / 2 - size.x() / 2, box.top() - 8 - size.y())

@@ -185,6 +185,11 @@ def test_progress_preview_covers_the_image_and_clears(canvas):
     preview = np.full((12, 16, 3), 255, np.uint8)  # the image's 4:3 shape
     canvas.set_progress("Denoising", 3, 8, preview)
     assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (255, 255, 255)
+    canvas.tools.set_overlay_color((0, 0, 255))
+    canvas.tools.set_overlay_opacity(1.0)
+    canvas.document.fill_mask()  # painting on during a job shows over the preview
+    assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (0, 0, 255)
+    canvas.document.clear_mask()
     canvas.clear_progress()
     assert pixel(canvas, QPoint(400, 100)).getRgb()[:3] == (0, 120, 0)
 
