@@ -4,9 +4,11 @@
   knows its parent (the version the job started from) and the job that made it. `current` is the
   version new work starts from and the one saved; `viewed` is the one on screen (a click on a
   thumbnail views a version without making it current). An edit starts from the viewed version.
-- `mask` is a MaskLayer over the current version's pixels: uint8 coverage, soft at brush edges. An
-  edit sends `mask.as_bool()` (coverage >= 128, see app/mask.py) taken at that moment, as a new
-  array, so painting on while the job runs changes nothing in it. No coverage: a global edit.
+- `mask` is a MaskLayer over the current version's pixels: uint8 coverage, soft at brush edges.
+  It changes through brush strokes (`begin_stroke`, `stroke_to`, `end_stroke`), rectangle and
+  lasso selections (added or subtracted), invert, clear, fill and grow/shrink. An edit sends
+  `mask.as_bool()` (coverage >= 128, see app/mask.py) taken at that moment, as a new array, so
+  painting on while the job runs changes nothing in it. No coverage: a global edit.
 - One undo stack holds mask changes (only the 256-px tiles they touched, compressed) and version
   changes (which version is current, a deletion). A result arriving adds its version for good (it
   cost minutes of compute and is never undone away) and makes it current; undo makes the version
