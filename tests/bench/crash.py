@@ -165,7 +165,8 @@ class App:
             line = self.process.stdout.readline()
             if not line:
                 raise RuntimeError(f"the app ended before saying {word!r}: {self.lines[-3:]}")
-            parts = line.rstrip("\n").split(" ", 3)
+            text = line.rstrip("\n")
+            parts = text.split(" ", 1) if text.startswith("report ") else text.split(" ", 3)
             self.lines.append(parts)
             if parts[0] == word:
                 return parts
