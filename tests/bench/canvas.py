@@ -8,7 +8,8 @@ A 1600x1000 CanvasView shows a Document of a 24-MP image. Measured, each a media
   radius along it) and its repaint, at 100 % and at fit with a small brush;
 - closing a stroke (its undo tiles) and undoing it;
 - a full repaint of the widget at fit and at 100 %, with a painted mask, and at fit with the
-  whole mask covered (every overlay tile drawn).
+  whole mask covered (every overlay tile drawn);
+- whole-mask actions: a 3,000-point lasso, growing by 8 px, a fill and its undo.
 The last line printed is one JSON object.
 """
 
@@ -135,6 +136,19 @@ def measure_full_repaints(app, canvas: CanvasView, document: Document) -> dict:
     return result
 
 
+def measure_mask_actions(document: Document) -> dict:
+    """Whole-mask actions on the 24-MP mask: a 3,000-point lasso, grow by 8 px, fill, undo."""
+    angles = np.linspace(0, 2 * np.pi, 3000, endpoint=False)
+    lasso = np.stack([3000 + 2500 * np.cos(angles), 2000 + 1700 * np.sin(angles)], axis=1)
+    result = {"lasso_3000_points_ms": round(timed(document.select_lasso, lasso.tolist()) * 1e3, 1)}
+    result["grow_8px_ms"] = round(timed(document.grow_mask, 8) * 1e3, 1)
+    result["fill_ms"] = round(timed(document.fill_mask) * 1e3, 1)
+    result["undo_fill_ms"] = round(timed(document.undo) * 1e3, 1)
+    for _ in range(2):
+        document.undo()
+    return result
+
+
 def main() -> dict:
     qt_workaround.check()  # PySide6 6.12 on Python 3.11 loses references per Qt call
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -156,6 +170,7 @@ def main() -> dict:
     result |= measure_dabs(app, canvas, document, dirty)
     result |= measure_segments(app, canvas, document, dirty)
     result |= measure_full_repaints(app, canvas, document)
+    result |= measure_mask_actions(document)
     result["undo_store_bytes"] = document.history.nbytes
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}"
     canvas.close()
@@ -180,5 +195,10 @@ if __name__ == "__main__":
         f"full repaint: fit {result['full_repaint_fit_ms']} ms, 100 % "
         f"{result['full_repaint_100pct_ms']} ms, fit with the whole mask covered "
         f"{result['full_repaint_fit_whole_mask_ms']} ms"
+    )
+    print(
+        f"24-MP mask: lasso of 3,000 points {result['lasso_3000_points_ms']} ms, grow 8 px "
+        f"{result['grow_8px_ms']} ms, fill {result['fill_ms']} ms, undo fill "
+        f"{result['undo_fill_ms']} ms"
     )
     print(json.dumps(result))
