@@ -60,6 +60,10 @@ pip_install() {
     "$VENV/bin/python" -m pip install $PIP_FLAGS "$@"
 }
 
+sed_escape() {  # a path as the replacement text of sed's s|...|...|
+    printf '%s' "$1" | sed 's/[|&\\]/\\&/g'
+}
+
 download() {  # download URL FILE
     if command -v curl >/dev/null 2>&1; then
         curl -fsSL --retry 5 -o "$2" "$1"
@@ -276,7 +280,7 @@ EOF
         bundle="$HOME/Applications/LLaDA Studio.app/Contents"
         mkdir -p "$bundle/MacOS" "$bundle/Resources"
         cp "$APP/resources/icons/app.icns" "$bundle/Resources/app.icns"
-        sed -e "s|@EXEC@|$LAUNCHER|g" "$APP/installers/macos-launcher.sh" >"$bundle/MacOS/llada-studio"
+        sed -e "s|@EXEC@|$(sed_escape "$LAUNCHER")|g" "$APP/installers/macos-launcher.sh" >"$bundle/MacOS/llada-studio"
         chmod +x "$bundle/MacOS/llada-studio"
         cp "$APP/installers/Info.plist" "$bundle/Info.plist"
         DESKTOP_ENTRY="$HOME/Applications/LLaDA Studio.app"
@@ -284,7 +288,8 @@ EOF
         applications="${XDG_DATA_HOME:-$HOME/.local/share}/applications"
         mkdir -p "$applications"
         DESKTOP_ENTRY="$applications/llada-studio.desktop"
-        sed -e "s|@EXEC@|$LAUNCHER|g" -e "s|@ICON@|$APP/resources/icons/app.svg|g" \
+        sed -e "s|@EXEC@|$(sed_escape "$LAUNCHER")|g" \
+            -e "s|@ICON@|$(sed_escape "$APP/resources/icons/app.svg")|g" \
             "$APP/installers/llada-studio.desktop" >"$DESKTOP_ENTRY"
         chmod +x "$DESKTOP_ENTRY"
         if command -v update-desktop-database >/dev/null 2>&1; then

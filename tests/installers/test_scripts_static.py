@@ -180,7 +180,7 @@ def test_install_sh_passes_shellcheck():
 
 
 def sh_function(name: str) -> str:
-    match = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", SH, re.M | re.S)
+    match = re.search(rf"^{name}\(\) \{{[^\n]*\n.*?^\}}\n", SH, re.M | re.S)
     assert match, name
     return match.group(0)
 
@@ -303,3 +303,11 @@ def test_launcher_templates_are_complete():
     assert (ROOT / "resources" / "icons" / plist["CFBundleIconFile"]).exists()
     assert (ROOT / "resources" / "icons" / "app.ico").exists()  # the Start menu entry's icon
     assert (ROOT / "resources" / "icons" / "app.svg").exists()  # the .desktop file's icon
+
+
+@pytest.mark.parametrize("path", ["/home/a b/llada-studio", "/opt/R&D/x|y", "/tmp/back\\slash"])
+def test_install_sh_writes_any_path_into_the_launcher_templates(path):
+    use = 'printf "Exec=@EXEC@" | sed "s|@EXEC@|$(sed_escape "$1")|g"'
+    script = sh_function("sed_escape") + use
+    run = subprocess.run(["sh", "-c", script, "sh", path], capture_output=True, text=True)
+    assert run.stdout == f"Exec={path}", run.stderr
