@@ -1,8 +1,8 @@
 """CanvasView: a Document's viewed version with its mask as a tinted overlay; the mouse paints.
 
-Navigation: the wheel zooms about the cursor (Alt+wheel sizes the brush), a pinch zooms, Esc fits
-the image, `1` shows it at 100 %, `+` and `-` zoom about the middle, space-drag and the middle
-button pan.
+Navigation: the wheel zooms about the cursor (Alt+wheel sizes the brush), a pinch zooms and a
+touchpad's two-finger scroll pans, Esc fits the image, `1` shows it at 100 %, `+` and `-` zoom
+about the middle, space-drag and the middle button pan.
 
 Painting: the left button paints with the brush (or erases when the eraser is on, `E`), the right
 button erases, Shift+click paints a straight line from where the last stroke ended. With the
@@ -605,10 +605,23 @@ class CanvasView(QWidget):
         super().leaveEvent(event)
 
     def wheelEvent(self, event: QWheelEvent) -> None:
+        """A mouse wheel zooms about the cursor (Alt: sizes the brush). A touchpad's two-finger
+        scroll, which comes with pixel deltas and scroll phases, pans; with Ctrl it zooms."""
+        modifiers = event.modifiers()
+        touchpad = (
+            not event.pixelDelta().isNull()
+            and event.phase() != Qt.ScrollPhase.NoScrollPhase
+            and not modifiers
+            & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier)
+        )
+        if touchpad:
+            self.pan(QPointF(event.pixelDelta()))
+            event.accept()
+            return
         delta = event.angleDelta().y() or event.angleDelta().x()  # Alt turns y into x on some OSes
         if not delta:
             return
-        if event.modifiers() & Qt.KeyboardModifier.AltModifier:
+        if modifiers & Qt.KeyboardModifier.AltModifier:
             old = self._outline_rect()
             self.tools.set_size(self.tools.size * WHEEL_STEP ** (delta / 120))
             self._update_outline(old)

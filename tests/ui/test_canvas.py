@@ -95,11 +95,11 @@ def test_bracket_keys_and_alt_wheel_size_the_brush(canvas, qtbot):
     assert canvas.tools.size < size
 
 
-def wheel(widget, pos, delta, modifiers=NONE):
+def wheel(widget, pos, delta, modifiers=NONE, pixels=None, phase=Qt.ScrollPhase.NoScrollPhase):
     pos = QPointF(pos)
     event = QWheelEvent(
-        pos, widget.mapToGlobal(pos), QPoint(), QPoint(0, delta), Qt.MouseButton.NoButton,
-        modifiers, Qt.ScrollPhase.NoScrollPhase, False,
+        pos, widget.mapToGlobal(pos), pixels or QPoint(), QPoint(0, delta), Qt.MouseButton.NoButton,
+        modifiers, phase, False,
     )  # fmt: skip
     QApplication.sendEvent(widget, event)
 
@@ -394,3 +394,12 @@ def test_document_actions_show_on_tiles_already_drawn(canvas):
     canvas.document.clear_mask()
     assert pixel(canvas, QPoint(400, 150)).getRgb()[:3] == (0, 120, 0)
     assert pixel(canvas, QPoint(400, 300)).getRgb()[:3] == (0, 120, 0)  # the stroke too
+
+
+def test_touchpad_scroll_pans_and_ctrl_scroll_zooms(canvas):
+    offset, zoom = canvas.offset, canvas.zoom
+    wheel(canvas, QPointF(300, 300), 30, pixels=QPoint(0, 25), phase=Qt.ScrollPhase.ScrollUpdate)
+    assert canvas.zoom == zoom and canvas.offset - offset == QPointF(0, 25)
+    wheel(canvas, QPointF(300, 300), 30, Qt.KeyboardModifier.ControlModifier, QPoint(0, 25),
+          Qt.ScrollPhase.ScrollUpdate)  # fmt: skip
+    assert canvas.zoom > zoom
