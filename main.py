@@ -28,14 +28,17 @@ def run_window(paths: list) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.engine_client import EngineClient
+    from app.qt_workaround import install as guard_pyside_refcounts
     from app.settings import Settings
     from app.workspace import Workspace
+    from ui import part2
     from ui.main_window import MainWindow
     from ui.theme import apply_dark_theme
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("LLaDA Studio")
-    settings = Settings.load()
+    guard_pyside_refcounts(app)  # PySide6 6.12 on Python 3.11 drops references to True and None
+    settings, notice = Settings.load_checked()  # a damaged file is set aside with a sentence
     if settings.theme != "light":  # dark by default ("system" too: the app's own look)
         apply_dark_theme(app)
     loop = qasync.QEventLoop(app)
@@ -44,6 +47,9 @@ def run_window(paths: list) -> int:
     workspace = Workspace(settings, client.submit)
     window = MainWindow(settings, client, workspace, **open_paths(MainWindow, paths))
     window.show()
+    part2.install(window)  # chat, queue, history, settings, autosave and the restore offer
+    if notice:
+        window.show_error(notice)
     closed = asyncio.Event()
     app.lastWindowClosed.connect(closed.set)
     with loop:
