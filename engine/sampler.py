@@ -176,10 +176,6 @@ def denoise(
     cache = None
     if use_cache:
         cache = KVCache(model.config, len(prompts), layout.blocks * B, device, _dtype(model))
-        if first:
-            hi = first * B
-            ids, pos = layout.ids[:, :hi], layout.positions[:, :hi]
-            model(ids, pos, layout.mask(0, hi, hi), cache, store=True, last=0)
     schedule = transfer_counts(B, steps)
     total = (layout.blocks - first) * steps
     done = 0
@@ -191,9 +187,8 @@ def denoise(
             active = generated & (layout.ids[0, lo:hi] == mask_id)
             if not active.any():
                 break
-            if use_cache:
-                window = (layout.ids[:, lo:hi], layout.positions[:, lo:hi], layout.mask(lo, hi, hi))
-                logits = model(*window, cache, vocab=allowed_vocab)  # [R, B, V]
+            if cache is not None:
+                logits = _cached_step(model, layout, cache, lo, hi, allowed_vocab)  # [R, B, V]
             else:
                 prefix = (layout.ids[:, :hi], layout.positions[:, :hi], layout.mask(0, hi, hi))
                 logits = model(*prefix, last=B, vocab=allowed_vocab)
@@ -213,12 +208,21 @@ def denoise(
                 committed = [(lo + int(i) - P, int(proposal[i])) for i in where]
                 committed = [(i, t) for i, t in committed if i < layout.G]  # not the tail
                 on_step(StepReport(done, total, blk - first, committed, _part(layout)))
-        if use_cache and blk + 1 < layout.blocks:
-            model(layout.ids[:, lo:hi], layout.positions[:, lo:hi], layout.mask(lo, hi, hi), cache,
-                  store=True, last=0)  # fmt: skip
         if len(stops) and torch.isin(layout.ids[0, P:hi], stops).any():
             break
     return _part(layout)
+
+
+def _cached_step(model: Backbone, layout: Layout, cache: KVCache, lo: int, hi: int, vocab):
+    """Logits of the block [lo, hi) [R, B, V]. The finished tokens before it that the cache lacks
+    (the prompt, the previous block) ride along in the same forward and stay cached, so caching
+    costs no pass of its own. Exact: under the block-causal mask no earlier token sees this block.
+    """
+    start = cache.length
+    window = (layout.ids[:, start:hi], layout.positions[:, start:hi], layout.mask(start, hi, hi))
+    logits = model(*window, cache, store=True, last=hi - lo, vocab=vocab)
+    cache.length = lo  # keep the finished tokens; this block's keys change with the next commit
+    return logits
 
 
 def _part(layout: Layout) -> Tensor:

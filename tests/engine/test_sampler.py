@@ -46,6 +46,19 @@ def test_greedy_is_deterministic_and_cache_does_not_change_tokens(model):
     assert a == b and len(a) > 0
 
 
+def test_the_cache_adds_no_forward_pass(confident_model):
+    counts = {}
+    for use_cache in (False, True):
+        forwards: list[int] = []
+        hook = confident_model.register_forward_hook(lambda *_, seen=forwards: seen.append(1))
+        try:
+            tokens = run(confident_model, gen_length=96, use_cache=use_cache, eos_id=-1)
+        finally:
+            hook.remove()
+        counts[use_cache] = (len(forwards), tokens)
+    assert counts[True] == counts[False]  # same passes, same tokens
+
+
 def test_same_seed_reproduces_multinomial_sampling(model):
     sampling = Sampling(temperature=0.0, zero_temperature="multinomial")
     outs = [
@@ -71,8 +84,7 @@ def test_cancel_stops_between_steps(model):
     finally:
         hook.remove()
     assert calls == [1, 2, 3]
-    prefix_fill = 1  # the prompt's whole block goes into the cache once
-    assert len(forwards) == prefix_fill + 3
+    assert len(forwards) == 3  # the prompt goes into the cache within the first step's pass
 
 
 def test_on_step_streams_each_committed_token_once(model):
