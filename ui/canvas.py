@@ -91,7 +91,7 @@ class CanvasView(QWidget):
         )
         tools.overlay_changed.connect(self._overlay_colour_changed)
         tools.size_changed.connect(lambda _: self._update_outline())
-        tools.tool_changed.connect(lambda _: self._update_cursor())
+        tools.tool_changed.connect(self._tool_changed)
         self.set_document(document)
 
     # ------------------------------------------------------------ the document
@@ -275,6 +275,7 @@ class CanvasView(QWidget):
         if self._fitting:
             self.fit()
         self._update_cursor()
+        self.update()
 
     @property
     def compare_mode(self) -> str | None:
@@ -691,6 +692,10 @@ class CanvasView(QWidget):
             return
         super().keyReleaseEvent(event)
 
+    def _tool_changed(self, _tool: str) -> None:
+        self._update_cursor()
+        self.update()  # the brush outline shows only with the brush
+
     def _update_cursor(self) -> None:
         if self._space:
             shape = Qt.CursorShape.OpenHandCursor
@@ -703,4 +708,3 @@ class CanvasView(QWidget):
         else:
             shape = Qt.CursorShape.CrossCursor
         self.setCursor(QCursor(shape))
-        self.update()

@@ -403,3 +403,12 @@ def test_touchpad_scroll_pans_and_ctrl_scroll_zooms(canvas):
     wheel(canvas, QPointF(300, 300), 30, Qt.KeyboardModifier.ControlModifier, QPoint(0, 25),
           Qt.ScrollPhase.ScrollUpdate)  # fmt: skip
     assert canvas.zoom > zoom
+
+
+def test_a_stroke_repaints_only_around_its_dabs(canvas, monkeypatch):
+    canvas.set_zoom(1.0)
+    regions = []
+    monkeypatch.setattr(canvas, "update", lambda *rect: regions.append(rect))
+    drag(canvas, [QPointF(300, 300), QPointF(310, 300), QPointF(320, 305)])
+    assert regions and all(len(r) == 1 for r in regions)  # never the whole widget
+    assert max(r[0].width() * r[0].height() for r in regions) < 40 * 40
