@@ -32,6 +32,9 @@ BITS = {"int8": 8, "int4": 4}
 GROUP_SIZES = (256, 128, 64, 32)  # what the int4 kernels accept
 DEFAULT_GROUP = 128
 ALIGN = 64  # bytes; the int8 kernel crashes on weights not 16-byte aligned (stack.md §1.5)
+# Above this many rows a CUDA matmul is compute-bound, where the int8 weight-only kernel is far
+# slower than cuBLAS (the decoder's 16k-token steps); the weight is widened per call instead.
+GEMM_ROWS = 256
 STORE_DTYPE = torch.bfloat16  # scales and minima as stored, so reloads are bit-identical
 
 
@@ -220,7 +223,10 @@ class QuantWeight(nn.Module):
         if self.kind == "int8":
             q = self.qweight if expert is None else self.qweight[expert]
             scale = self.scale_c if expert is None else self.scale_c[expert]
-            y = torch._weight_int8pack_mm(x, q, scale)
+            if x.shape[0] > GEMM_ROWS and x.is_cuda:  # compute-bound: cuBLAS on the weight
+                y = F.linear(x, q.to(x.dtype) * scale.unsqueeze(-1))
+            else:
+                y = torch._weight_int8pack_mm(x, q, scale)
         else:
             packed = self.packed if expert is None else self.packed[expert]
             scale_zero = self.scale_zero if expert is None else self.scale_zero[expert]
@@ -339,8 +345,8 @@ def quantize_loaded(
             if child.in_features % 32 and bits == 4:
                 continue  # no int4 kernel for this width: keep it
             has_bias = child.bias is not None
-            quant = QuantLinear(child.in_features, child.out_features, bits, group, has_bias)
-            quant.to(child.weight.device)
+            with torch.device(child.weight.device):  # allocated where it will run
+                quant = QuantLinear(child.in_features, child.out_features, bits, group, has_bias)
             quant.fill(quantize(child.weight.detach(), bits, quant.group or group))
             if has_bias:
                 quant.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)

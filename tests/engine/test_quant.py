@@ -261,15 +261,16 @@ def test_fp8_on_an_unexpected_tensor_names_it(fp8_checkpoint, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rows", [33, 300])  # 300: past GEMM_ROWS, where int8 widens the weight
 @pytest.mark.parametrize("bits", [8, 4])
-def test_cuda_kernels_match_the_reference(bits):
+def test_cuda_kernels_match_the_reference(bits, rows):
     w = torch.randn(512, 1024, generator=torch.Generator().manual_seed(5)) * 0.02
     layer = quant.QuantLinear(1024, 512, bits)
     layer.fill(quant.quantize(w, bits))
     ref_weight = layer.dequantized()
     layer.cuda().pack(torch.bfloat16)
     assert layer.kind in ("int8", "cuda")
-    x = torch.randn(33, 1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
     ref = F.linear(x.float(), ref_weight.cuda())
     assert relative_error(layer(x).float(), ref) < 0.01
 
