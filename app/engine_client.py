@@ -21,6 +21,7 @@ from typing import Protocol
 from PySide6.QtCore import QObject, Signal
 
 import engine.protocol
+from app.backend import Backend, as_backend
 from engine.protocol import (
     EVENTS,
     TERMINAL,
@@ -142,7 +143,7 @@ def _watch_children_in_loop() -> None:
         watcher.attach_loop(loop)
 
 
-StartEngine = Callable[[], Awaitable[Transport]]
+StartEngine = Callable[[], Awaitable[Transport | Backend]]  # a Transport is wrapped as a Backend
 
 
 class EngineClient(QObject):
@@ -172,7 +173,7 @@ class EngineClient(QObject):
         self._max_restarts = max_restarts  # crashes in a row, with no job finishing in between
         self._start_timeout_s = start_timeout_s
         self._kill_after_s = kill_after_s  # a cancelled job that has not stopped by then is killed
-        self._transport: Transport | None = None
+        self._transport: Backend | None = None  # app/backend.py: local process or remote
         self._serve_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[Request] = deque()
@@ -247,7 +248,7 @@ class EngineClient(QObject):
                 return
         if self._running is not None and self._running.job_id == job_id and self._transport:
             self._interrupting = job_id
-            self._transport.send(Cancel(job_id))
+            self._transport.cancel(job_id)
             assert self._loop is not None
             self._stop_force_timer()
             self._force_timer = self._loop.call_later(self._kill_after_s, self._force_stop, job_id)
@@ -284,7 +285,7 @@ class EngineClient(QObject):
         job_id = new_job_id()
         future = asyncio.get_running_loop().create_future()
         self._collecting[job_id] = ([], future)
-        self._transport.send(Status(job_id))
+        self._transport.status(job_id)
         try:
             events = await asyncio.wait_for(future, timeout_s)
         finally:
@@ -298,7 +299,7 @@ class EngineClient(QObject):
         queued, self._queue = list(self._queue), deque()
         transport, self._transport = self._transport, None
         if transport is not None:
-            transport.send(Shutdown())
+            transport.shutdown()
             transport.close()
             try:
                 await asyncio.wait_for(transport.wait(), timeout_s)
@@ -319,7 +320,7 @@ class EngineClient(QObject):
     async def _launch(self) -> None:
         self._set_state("starting")
         try:
-            transport = await self._start_engine()
+            transport = as_backend(await self._start_engine())
         except OSError as error:
             self._set_state("stopped")
             raise EngineError(f"The engine could not be started: {error}.") from error
@@ -363,7 +364,7 @@ class EngineClient(QObject):
             self._set_state("stopped")
             self.stopped.emit("The connection to the engine failed; see the log, then restart.")
 
-    async def _recover(self, transport: Transport) -> bool:
+    async def _recover(self, transport: Backend) -> bool:
         """The engine died: fail its job, start a new one, reload the model. False: gave up."""
         transport.kill()
         code = None
@@ -415,7 +416,7 @@ class EngineClient(QObject):
             return
         request = self._running = self._queue.popleft()
         self._interrupting = ""
-        self._transport.send(request)
+        self._transport.submit(request)
         self.queue_changed.emit()
         self.job_started.emit(request.job_id)
 

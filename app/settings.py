@@ -76,6 +76,13 @@ class Settings:
     turbo_decoder: bool = True
     autosave_seconds: float = 3.0
     recent_files: list[str] = field(default_factory=list)  # newest first; see Workspace
+    # Backend (ui/backend_page.py): "local" (the engine process) or "remote" (SGLang-Omni servers)
+    backend: str = "local"
+    backend_urls: list[str] = field(default_factory=list)  # servers, or one sgl-router
+    backend_key: str = ""  # Bearer key; "" reads LLADA_STUDIO_API_KEY (never logged)
+    backend_ca_file: str = ""  # a private CA's certificates for HTTPS
+    backend_in_flight: int = 2  # requests at a time per server
+    backend_timeout_s: float = 600.0  # silence after which a remote job is given up
 
     @property
     def results_path(self) -> Path:

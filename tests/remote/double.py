@@ -21,6 +21,7 @@ import base64
 import io
 import json
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +84,10 @@ class DoubleServer(ThreadingHTTPServer):
         if self._thread.is_alive():
             self.shutdown()
         self.server_close()
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone is expected here
+            super().handle_error(request, client_address)
 
     def die(self) -> None:
         """In-flight requests are dropped without an answer; new connections are refused."""
