@@ -302,6 +302,7 @@ class Pipeline:
     def _denoise_image(
         self, prompts, init, *, grid, loop: Loop, guidance, seed, on_progress, on_preview
     ) -> torch.Tensor:
+        residency.take_turn(self, "backbone")  # small cards: the decoder waits on the host
         c, d = self.backbone.config, self.defaults
         generator = torch.Generator(self.device).manual_seed(seed)
         on_step = _stage_steps(on_progress, STAGE_DENOISE)
@@ -333,6 +334,7 @@ class Pipeline:
 
     def _write_text(self, ids, length, loop: Loop, seed, stop_ids, on_step) -> list[int]:
         """The text loop (§5.1) on the full vocabulary, up to EOS or a stop id."""
+        residency.take_turn(self, "backbone")
         with torch.inference_mode():
             return generate_text(
                 self.backbone,
@@ -359,6 +361,7 @@ class Pipeline:
         return decoding
 
     def _decode(self, codes, seed: int, on_progress, decoding: Decoding, on_preview) -> np.ndarray:
+        residency.take_turn(self, "decoder")  # small cards: the backbone waits on the host
         decoder = self._decoder(decoding.turbo)
 
         def on_step(step: int, total: int) -> None:

@@ -399,3 +399,39 @@ def _loaded_bytes(pipeline) -> int:
     if pipeline.decoder is not None:
         parts += [pipeline.decoder.dit, pipeline.decoder.vae]
     return sum(quant.weight_bytes(p) for p in parts if p is not None)
+
+
+# ---- taking turns on small cards ----------------------------------------------------------------
+
+
+def take_turn(pipeline, phase: str) -> None:
+    """Before a phase ("backbone": denoising, "decoder": decoding) on a plan that takes turns:
+    the other phase's parts wait in pinned host memory and this phase's come to the device.
+    Nothing happens where everything is resident, or off CUDA."""
+    settings = getattr(pipeline, "settings", None)
+    if settings is None or settings.plan is None or settings.plan.preset.mode == "resident":
+        return
+    if pipeline.device.type != "cuda":
+        return
+    decoder = pipeline.decoder
+    decoder_parts = [decoder.dit, decoder.vae, decoder.sigvq] if decoder is not None else []
+    backbone_parts = [pipeline.backbone, pipeline.image_tokenizer]
+    away, here = (decoder_parts, backbone_parts) if phase == "backbone" else (
+        backbone_parts, decoder_parts)  # fmt: skip
+    for module in away:
+        if module is not None:
+            to_pinned_host(module)
+    import torch
+
+    torch.cuda.empty_cache()
+    for module in here:
+        if module is not None:
+            module.to(pipeline.device, non_blocking=True)
+
+
+def to_pinned_host(module) -> None:
+    """Move a module's weights to page-locked host memory (fast to bring back)."""
+    module.to("cpu")
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if not tensor.is_pinned():
+            tensor.data = tensor.data.pin_memory()

@@ -125,3 +125,21 @@ def test_out_of_memory_retries_once_at_a_lower_preset_if_allowed(real, tmp_path,
         assert isinstance(last, p.Failed) and last.code == "out_of_memory"
         assert "24 GB preset" in last.message and "would fit" in last.message
         assert len(loads) == 1
+
+
+@pytest.mark.gpu
+def test_backbone_and_decoder_take_turns_on_a_small_card_plan(tiny_checkpoint, real):
+    from engine.pipeline import Pipeline, Turn
+
+    pipeline = Pipeline.load(tiny_checkpoint, device="cuda", precision="int4")
+    turns = residency.make_plan(real, None, residency.PRESETS[2], residency.budget_for(16))
+    pipeline.settings = residency.Settings("int4", "int8", turns)
+    first = pipeline.generate("a fox", width=256, height=256, seed=3)
+    backbone_weight = next(pipeline.backbone.parameters())
+    assert backbone_weight.device.type == "cpu" and backbone_weight.is_pinned()
+    assert next(pipeline.decoder.dit.parameters()).is_cuda
+    pipeline.understand([Turn("user", "What is this?", ())], gen_length=32)
+    assert next(pipeline.backbone.parameters()).is_cuda
+    assert not next(pipeline.decoder.dit.parameters()).is_cuda
+    again = pipeline.generate("a fox", width=256, height=256, seed=3)
+    assert (again.image == first.image).all()  # moving between turns changes nothing
