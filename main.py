@@ -14,6 +14,10 @@ def main() -> int:
 
         paths = window_paths(argv)
         if paths is None:  # a command, or a mistake the command line names: never a silent window
+            if any(arg.partition("=")[0] == "--backend" for arg in argv):  # SGLang-Omni servers
+                from app.remote_cli import main as remote
+
+                return remote(argv)
             return cli(argv)
 
     return run_window(paths)
@@ -27,6 +31,7 @@ def run_window(paths: list) -> int:
     import qasync
     from PySide6.QtWidgets import QApplication
 
+    from app.backend import starter as backend_starter
     from app.engine_client import EngineClient
     from app.qt_workaround import install as guard_pyside_refcounts
     from app.settings import Settings
@@ -43,7 +48,7 @@ def run_window(paths: list) -> int:
         apply_dark_theme(app)
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    client = EngineClient()
+    client = EngineClient(backend_starter(settings))  # the engine process unless remote
     workspace = Workspace(settings, client.submit)
     window = MainWindow(settings, client, workspace, **open_paths(MainWindow, paths))
     window.show()

@@ -8,10 +8,14 @@ not care which one runs a job.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from engine.errors import StudioError
 from engine.protocol import Cancel, Event, Request, Shutdown, Status
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -86,7 +90,11 @@ def starter(settings) -> Callable[[], Awaitable[Backend]] | None:
     Backend page chose remote servers."""
     if getattr(settings, "backend", "local") != "remote":
         return None
-    options = remote_options(settings)
+    try:
+        options = remote_options(settings)
+    except StudioError as error:  # no or bad addresses: the app still opens, on the engine
+        log.warning("remote backend not used: %s", error)
+        return None
 
     async def start() -> Backend:
         from app.remote import RemoteBackend
