@@ -74,6 +74,7 @@ class Settings:
     understand_steps: int = 32
     answer_tokens: int = 2048
     turbo_decoder: bool = True
+    decoder_steps: int = 0  # 0: the decoder's own (turbo 8, normal 50)
     autosave_seconds: float = 3.0
     recent_files: list[str] = field(default_factory=list)  # newest first; see Workspace
     # Backend (ui/backend_page.py): "local" (the engine process) or "remote" (SGLang-Omni servers)

@@ -3,6 +3,7 @@ files; routes each engine event to the document or form that owns its job. No wi
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from app.document import Document
-from app.generate import GenerateForm
+from app.generate import MAX_SEED, GenerateForm
 from app.settings import Settings
 from app.tools import Tools
 from engine.errors import StudioError
@@ -88,6 +89,18 @@ class Workspace(QObject):
         if document is not self.current:
             self.current = document
             self.current_changed.emit()
+
+    def edit_parameters(self) -> dict:
+        """An edit's parameters from the settings' defaults, with a fresh seed each run."""
+        s = self.settings
+        return dict(
+            seed=random.randint(0, MAX_SEED),
+            steps=s.edit_steps,
+            cfg_text_scale=s.edit_cfg_text,
+            cfg_image_scale=s.edit_cfg_image,
+            turbo=s.turbo_decoder,
+            decoder_steps=s.decoder_steps or None,
+        )
 
     def set_error(self, error: str) -> None:
         self.error = error

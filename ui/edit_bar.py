@@ -70,5 +70,5 @@ class EditBar(QWidget):
         text = self.instruction.text().strip()
         if self._document is None or not text:
             return
-        self._document.edit(text)
+        self._document.edit(text, **self.workspace.edit_parameters())
         self.instruction.selectAll()  # keep it for a retry; typing replaces it
