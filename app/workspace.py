@@ -129,7 +129,9 @@ class Workspace(QObject):
         UserComment for JPEG and WebP); False with `error` set when it cannot be written."""
         version = document.current_version
         try:
-            _imagefile().save_image(path, version.image, version.metadata)
+            _imagefile().save_image(
+                path, version.image, version.metadata, thinking=version.thinking
+            )
         except (StudioError, OSError, ValueError) as error:
             self.set_error(_sentence(error, f"{Path(path).name} could not be saved"))
             return False

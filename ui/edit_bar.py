@@ -48,6 +48,8 @@ class EditBar(QWidget):
         if self._document is not None:
             self._document.mask_changed.connect(self._mask_painted)
         enabled = self._document is not None
+        if enabled and not self.instruction.text():  # an edit this app made: its instruction
+            self.instruction.setText(self._document.current_version.metadata.get("instruction", ""))
         self.instruction.setEnabled(enabled)
         self.run_button.setEnabled(enabled)
         self.show_scope()
