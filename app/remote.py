@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import ssl
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -265,10 +267,33 @@ def refuse_unexposed(request: Generate | Edit | Understand) -> None:
             )
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """[H, W, 3] uint8 as a PNG with stored (uncompressed) deflate blocks and no row filters.
+
+    Lossless like any PNG, and about 20x faster to make than Pillow's compressed one (10 ms
+    against 200-300 ms for 1024x1024 here); the cost is up to a third more bytes on the wire
+    for a photo, which a LAN carries in less time than the compression took.
+    """
+    height, width, channels = image.shape
+    rows = np.zeros((height, width * channels + 1), dtype=np.uint8)  # filter byte 0 per row
+    rows[:, 1:] = image.reshape(height, -1)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if channels == 3 else 6, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 0)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def data_url(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def _decoder(turbo: bool | None, steps: int | None) -> dict:

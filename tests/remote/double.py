@@ -11,7 +11,8 @@ source image, answers repeat what they were asked, so tests can check what cross
 
 Binds 127.0.0.1 only. Behaviours for failure tests: `busy_times` (that many chat requests get
 503 "The request queue is full."), `hang_s`, `images=False` (a text-only server), `key` (401
-without the Bearer key), `delay_s` (a fixed response time), `die()` (drops its connections
+without the Bearer key), `delay_s` (a fixed response time), `canned` (one PNG for every
+image, so a benchmark times the client, not the double), `die()` (drops its connections
 and refuses new ones).
 """
 
@@ -61,6 +62,7 @@ class DoubleServer(ThreadingHTTPServer):
         self.hang_s = behaviour.get("hang_s", 0.0)
         self.busy_times = behaviour.get("busy_times", 0)
         self.edit_scale = behaviour.get("edit_scale", 2)
+        self.canned = behaviour.get("canned", "")  # a base64 PNG every t2i answer carries
         self.lock = threading.Lock()
         self.requests: list[dict] = []  # every chat body received
         self.headers_seen: list[dict] = []
@@ -162,9 +164,12 @@ class Handler(BaseHTTPRequestHandler):
             source = read_data_url(images[0])
             scale = self.server.edit_scale
             image = np.ascontiguousarray((255 - source).repeat(scale, 0).repeat(scale, 1))
+        elif self.server.canned:
+            image = None
         else:
             image = seeded_image(gen.get("seed") or 0, gen.get("image_w", 1024), gen["image_h"])
-        message = {"role": "assistant", "image": {"data": png_b64(image), "format": "png"}}
+        data = self.server.canned if image is None else png_b64(image)
+        message = {"role": "assistant", "image": {"data": data, "format": "png"}}
         if "text" in body.get("modalities", []):
             message["content"] = f"Thinking about {body['messages'][-1]['content']!r}."
         choice = {"index": 0, "message": message, "finish_reason": "length"}
@@ -239,3 +244,25 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+def serve_in_process(argv: list[str]) -> None:
+    """`python -m tests.remote.double [--noise SIDE] [--delay S]`: serve until stdin closes, so
+    a benchmark can time its client alone; prints the URL first."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--noise", type=int, default=0, help="canned SIDExSIDE noise PNG")
+    parser.add_argument("--delay", type=float, default=0.0)
+    options = parser.parse_args(argv)
+    canned = ""
+    if options.noise:
+        rng = np.random.default_rng(0)
+        canned = png_b64(rng.integers(0, 256, (options.noise, options.noise, 3), dtype=np.uint8))
+    with DoubleServer(canned=canned, delay_s=options.delay, edit_scale=1) as server:
+        print(server.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    serve_in_process(sys.argv[1:])

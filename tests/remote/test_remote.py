@@ -4,6 +4,7 @@ each task end to end, the failure sentences, and the request and parsing contrac
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.remote import (
     CANCELLED,
@@ -23,6 +25,7 @@ from app.remote import (
     parse_image_response,
     parse_sse_line,
     plain_http_warning,
+    png_bytes,
     split_urls,
     understand_body,
 )
@@ -382,3 +385,9 @@ def test_the_remote_side_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_request_images_are_lossless_pngs_pillow_reads():
+    for image in (PHOTO, PHOTO[:1, :1], np.zeros((3, 700, 3), dtype=np.uint8)):
+        with Image.open(io.BytesIO(png_bytes(image))) as decoded:
+            assert decoded.format == "PNG" and np.array_equal(np.asarray(decoded), image)
