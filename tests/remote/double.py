@@ -11,9 +11,9 @@ source image, answers repeat what they were asked, so tests can check what cross
 
 Binds 127.0.0.1 only. Behaviours for failure tests: `busy_times` (that many chat requests get
 503 "The request queue is full."), `hang_s`, `images=False` (a text-only server), `key` (401
-without the Bearer key), `delay_s` (a fixed response time), `canned` (one PNG for every
-image, so a benchmark times the client, not the double), `die()` (drops its connections
-and refuses new ones).
+without the Bearer key), `delay_s` (a fixed response time), `tls` (HTTPS with a given
+certificate), `canned` (one PNG for every image, so a benchmark times the client, not the
+double), `die()` (drops its connections and refuses new ones).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import base64
 import io
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -62,6 +63,11 @@ class DoubleServer(ThreadingHTTPServer):
         self.hang_s = behaviour.get("hang_s", 0.0)
         self.busy_times = behaviour.get("busy_times", 0)
         self.edit_scale = behaviour.get("edit_scale", 2)
+        self.tls = behaviour.get("tls")  # (certificate file, key file): serve HTTPS
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
         self.canned = behaviour.get("canned", "")  # a base64 PNG every t2i answer carries
         self.lock = threading.Lock()
         self.requests: list[dict] = []  # every chat body received
@@ -73,7 +79,8 @@ class DoubleServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
 
     def __enter__(self) -> DoubleServer:
         self._thread.start()

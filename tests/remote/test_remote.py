@@ -391,3 +391,32 @@ def test_request_images_are_lossless_pngs_pillow_reads():
     for image in (PHOTO, PHOTO[:1, :1], np.zeros((3, 700, 3), dtype=np.uint8)):
         with Image.open(io.BytesIO(png_bytes(image))) as decoded:
             assert decoded.format == "PNG" and np.array_equal(np.asarray(decoded), image)
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1 (its own CA file)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"]
+    command += ["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("openssl cannot make a test certificate here")
+    return cert, key
+
+
+def test_https_checks_the_certificate_and_takes_a_ca_file(certificate):
+    async def body(server, ca_file):
+        backend = backend_for(server, ca_file=ca_file)
+        events = await job(backend, Generate("s", "x", 32, 32, seed=2))
+        backend.close()
+        return events
+
+    with DoubleServer(tls=certificate) as server:
+        assert server.url.startswith("https://")
+        refused = failure(run(body(server, "")))
+        trusted = result(run(body(server, str(certificate[0]))))
+    assert refused.startswith("The certificate of 127.0.0.1:") and "CA file" in refused
+    assert np.array_equal(trusted.image, seeded_image(2, 32, 32))
