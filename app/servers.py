@@ -33,6 +33,7 @@ class Server:
         self.peak = 0  # the most requests it ever had at once (tests check the bound)
         self.done = 0
         self.in_rotation = True
+        self.probing = False  # a health probe is under way
         self.retry_at = 0.0  # monotonic time of the next health probe while out of rotation
         self.why = ""
 
@@ -105,11 +106,12 @@ class ServerPool:
 
     async def _acquire(self, task: str) -> Server:
         """A server in rotation with room; waits for room, or once for a probe to bring one
-        back; raises when every server stays out of the rotation."""
+        back; raises when every server stays out of the rotation. Probes run outside the lock,
+        so a slow health check never holds up the requests that are finishing."""
         waited_for_probe = False
-        async with self._changed:
-            while True:
-                await self._probe_due()
+        while True:
+            await self._probe_due()
+            async with self._changed:
                 usable = [
                     s for s in self.servers if s.in_rotation and not s.capabilities.missing(task)
                 ]
@@ -119,7 +121,7 @@ class ServerPool:
                     server.in_flight += 1
                     server.peak = max(server.peak, server.in_flight)
                     return server
-                if usable:
+                if usable or any(s.probing for s in self.servers):
                     await self._changed.wait()
                     continue
                 if waited_for_probe:
@@ -131,15 +133,26 @@ class ServerPool:
                     await asyncio.wait_for(self._changed.wait(), max(0.0, delay) + 0.01)
 
     async def _probe_due(self) -> None:
+        """Ask `/health` of every server out of rotation whose time has come (one probe each at
+        a time); a healthy one returns to the rotation."""
         now = time.monotonic()
-        for server in self.servers:
-            if not server.in_rotation and server.retry_at <= now:
+        due = [s for s in self.servers if not s.in_rotation and not s.probing and s.retry_at <= now]
+        for server in due:
+            server.probing = True
+        try:
+            for server in due:
                 if await server.client.health():
                     if not server.capabilities.healthy:
                         await server.client.probe()
                     self._restore(server)
                 else:
                     server.retry_at = time.monotonic() + self.probe_interval_s
+        finally:
+            for server in due:
+                server.probing = False
+            if due:
+                async with self._changed:
+                    self._changed.notify_all()
 
     async def _release(self, server: Server) -> None:
         async with self._changed:
