@@ -226,6 +226,8 @@ class Pipeline:
         if self.image_tokenizer is None:
             validate_model_folder(self.root, parts=("image_tokenizer",))
             self.image_tokenizer = vision.load_image_tokenizer(self.root, self.device, self.dtype)
+            if self.settings and self.settings.precision != "bf16":  # the plan's int8 encoder
+                quant.quantize_loaded(self.image_tokenizer.visual, 8)
         return self.image_tokenizer
 
     def _decoder(self, turbo: bool) -> ImageDecoder:

@@ -379,3 +379,15 @@ def test_peak_host_memory_while_loading_a_real_width_backbone_into_int4(tmp_path
     largest_shard = max(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
     bound = 1.5 * largest_shard + got["model"]
     assert got["peak"] - got["before"] < bound, f"{got}, bound {bound / 1e9:.2f} GB"
+
+
+def test_pipeline_runs_quantized_and_reports_it(tiny_checkpoint):
+    from engine.pipeline import Pipeline
+
+    pipeline = Pipeline.load(tiny_checkpoint, device="cpu", precision="int4")
+    result = pipeline.generate("a red fox", width=256, height=256, steps=2, seed=1)
+    assert result.image.shape == (256, 256, 3)
+    status = pipeline.status()
+    assert status["precision"].startswith("backbone int4, decoder int8")
+    assert "backbone int4" in status["sizes"] and "decoder int8" in status["sizes"]
+    assert "GiB on cpu" in status["sizes"]
