@@ -391,3 +391,14 @@ def test_pipeline_runs_quantized_and_reports_it(tiny_checkpoint):
     assert status["precision"].startswith("backbone int4, decoder int8")
     assert "backbone int4" in status["sizes"] and "decoder int8" in status["sizes"]
     assert "GiB on cpu" in status["sizes"]
+
+
+@pytest.mark.gpu
+def test_saved_folder_repacks_for_cuda(int4_folder):
+    """The folder holds the neutral format; on CUDA it is packed for tinygemm at load."""
+    cpu = logits(int4_folder, "int4")
+    model = quant.load_backbone(int4_folder, "cuda", torch.bfloat16, "int4")
+    kinds = {m.kind for m in model.modules() if isinstance(m, quant.QuantWeight)}
+    assert kinds <= {"cuda", "dequant"} and "cuda" in kinds
+    ids, positions, mask = (t.cuda() for t in batch())
+    assert relative_error(model(ids, positions, mask).float().cpu(), cpu) < LOGIT_BOUND["int4"]
