@@ -66,18 +66,20 @@ CANCELLED = (
     "The job was cancelled. The server has no way to stop a request, so it may finish the work; "
     "its result is discarded."
 )
-# Settings of our loop that the server does not take per request (notes §2.6).
+# Settings of our loop that the server does not take per request (notes §2.6), with the official
+# value (engine/pipeline.py Defaults), which the server's own fixed loop stands for.
 NOT_EXPOSED = {
-    "block_length": "the block length",
-    "threshold": "the confidence threshold",
-    "use_cache": "the KV cache switch",
-    "temperature": "the temperature",
-    "top_k": "top-k sampling",
-    "top_p": "top-p sampling",
-    "thinking_steps": "the thinking steps",
-    "thinking_length": "the thinking length",
-    "resolution_multiplier": "the resolution multiplier",
+    "block_length": ("the block length", 32),
+    "threshold": ("the confidence threshold", 0.95),
+    "use_cache": ("the KV cache switch", True),
+    "temperature": ("the temperature", 0.0),
+    "top_k": ("top-k sampling", None),
+    "top_p": ("top-p sampling", None),
+    "thinking_steps": ("the thinking steps", 32),
+    "thinking_length": ("the thinking length", 4096),
+    "resolution_multiplier": ("the resolution multiplier", 2),
 }
+UNDERSTAND_STEPS = 32  # answers run at the block size on the server
 
 
 class RemoteError(StudioError):
@@ -258,12 +260,14 @@ def error_for_transport(error: httpx.HTTPError, url: str, read_timeout_s: float)
 
 
 def refuse_unexposed(request: Generate | Edit | Understand) -> None:
-    """A setting the server takes no value for is refused before the job, not silently dropped."""
-    for name, what in NOT_EXPOSED.items():
-        if getattr(request, name, None) is not None:
+    """A setting the server takes no value for is refused before the job, not silently dropped;
+    the official value (or none) passes, since the server's fixed loop stands for it."""
+    for name, (what, official) in NOT_EXPOSED.items():
+        value = getattr(request, name, None)
+        if value is not None and value != official:
             raise BadInput(
-                f"A remote server does not take {what} per request; clear it or use the local "
-                "engine."
+                f"A remote server does not take {what} per request; set it back to "
+                f"{'none' if official is None else official} or use the local engine."
             )
 
 
@@ -354,8 +358,11 @@ def edit_body(image: np.ndarray, request: Edit) -> dict:
 
 def understand_body(request: Understand) -> dict:
     refuse_unexposed(request)
-    if request.steps is not None:
-        raise BadInput("A remote server does not take denoising steps for answers; clear them.")
+    if request.steps not in (None, UNDERSTAND_STEPS):
+        raise BadInput(
+            f"A remote server answers at {UNDERSTAND_STEPS} steps per block; set the steps back "
+            "or use the local engine."
+        )
     turns = list(request.turns)
     if request.mask is not None and turns and turns[-1].images:
         last = turns[-1]  # ask about the region: its crop goes instead of the whole image

@@ -175,6 +175,9 @@ def test_settings_the_server_does_not_take_are_refused_before_the_job():
         generate_body(Generate("j", "x", block_length=16))
     with pytest.raises(BadInput, match="top-p"):
         understand_body(Understand("j", (ChatTurn("user", "hi"),), top_p=0.5))
+    official = Generate("j", "x", block_length=32, thinking_length=4096, use_cache=True)
+    assert generate_body(official)["image_generation"]["mode"] == "normal"  # the server's own
+    assert understand_body(Understand("j", (ChatTurn("user", "hi"),), steps=32))["stream"]
 
 
 # ------------------------------------------------------------------ each task end to end
