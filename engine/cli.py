@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 import engine.args as rules
+from engine import imagefile
 from engine.errors import BadInput, Cancelled, StudioError
 
 
@@ -190,17 +191,6 @@ def read_mask(path: Path) -> np.ndarray:
         raise BadInput(f"The mask {path} is not a readable image.") from None
 
 
-def save_png(path: Path, image: np.ndarray, metadata: dict[str, str], thinking: str | None):
-    info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
-        info.add_itxt(key, value)
-    if thinking:
-        info.add_itxt("thinking", thinking)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PNG" if path.suffix.lower() == ".png" else None
-    Image.fromarray(image).save(path, format=fmt, pnginfo=info if fmt else None)
-
-
 def check_request(options: argparse.Namespace) -> None:
     """What the flags' own rules cannot see, checked before the (slow) model load: the steps
     against the block length and an empty question. (The device's memory is the memory plan's
@@ -288,7 +278,7 @@ def run(options: argparse.Namespace, out=sys.stdout) -> None:
             return
     finally:
         bar.close()
-    save_png(options.out, result.image, result.metadata, result.thinking)
+    imagefile.save_image(options.out, result.image, result.metadata, thinking=result.thinking)
     if result.thinking:
         out.write(result.thinking + "\n")
     out.write(f"{options.out}\n")

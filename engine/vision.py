@@ -1,4 +1,4 @@
-"""SigLIP-VQ image tokenizer: image reading, the resize and crop rules, encoder and VQ step.
+"""SigLIP-VQ image tokenizer: resize and crop rules, encoder and VQ step (reading: imagefile.py).
 
 Shapes in comments: B batch, C channels, H W pixels, h w token grid (pixels / 16), N = h*w patches,
 D encoder width, E code width, K codebook size.
@@ -6,10 +6,8 @@ D encoder width, E code width, K codebook size.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,100 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from engine.buckets import edit_buckets, nearest_bucket  # noqa: F401 (moved there, torch-free)
 from engine.errors import BadCheckpoint, BadInput
-
-MAX_PIXELS = 180_000_000  # decompression-bomb limit, about twice Pillow's warning threshold
-
-# ---------------------------------------------------------------------------------------------
-# Reading images
-
-
-def read_image(source: Path | bytes | np.ndarray) -> np.ndarray:
-    """Any image file, bytes or array as [H, W, 3] uint8 RGB; transparency goes onto white."""
-    if isinstance(source, np.ndarray):
-        return _array_to_rgb(source)
-    name = "the image" if isinstance(source, bytes) else f"{Path(source).name}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            with opened as image:
-                _refuse_bomb(image.size, name)
-                image.seek(0)  # animated images: the first frame
-                image.load()
-                return _pil_to_rgb(ImageOps.exif_transpose(image))
-    except Image.DecompressionBombError as error:
-        raise BadInput(f"{name} is too large to open safely (over 180 megapixels).") from error
-    except FileNotFoundError as error:
-        raise BadInput(f"{name} does not exist.") from error
-    except UnidentifiedImageError as error:
-        raise BadInput(f"{name} is not an image file this app can read.") from error
-    except (OSError, SyntaxError, EOFError) as error:  # Pillow's truncated and corrupt-file errors
-        raise BadInput(f"{name} is truncated or damaged and cannot be read.") from error
-
-
-def _refuse_bomb(size: tuple[int, int], name: str) -> None:
-    if size[0] * size[1] > MAX_PIXELS:
-        megapixels = size[0] * size[1] / 1e6
-        raise BadInput(f"{name} has {megapixels:.0f} megapixels, more than the 180 this app opens.")
-
-
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        return _on_white(np.asarray(image.convert("RGBA")))
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return _array_to_rgb(np.asarray(image))
-    try:
-        return np.asarray(image.convert("RGB")).copy()
-    except ValueError as error:
-        raise BadInput(f"The image's colour mode {mode} cannot be converted to RGB.") from error
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    """[H, W], [H, W, 1|3|4] arrays of uint8, bool, 16-bit or float to [H, W, 3] uint8."""
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
-        raise BadInput(f"An image array must be [H, W] or [H, W, 1|3|4], not {list(array.shape)}.")
-    array = _to_uint8(array)
-    if array.shape[2] == 4:
-        return _on_white(array)
-    return np.ascontiguousarray(
-        np.broadcast_to(array, (*array.shape[:2], 3)) if array.shape[2] == 1 else array
-    )
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-        # floats in 0..1 are the usual convention; anything larger is taken as 0..255
-        scale = 255.0 if finite.max(initial=0.0) <= 1.0 else 1.0
-        return np.clip(finite * scale, 0, 255).round().astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        wide = array.astype(np.int64)
-        # 16-bit data (Pillow's I;16 and I modes) scales 0..65535 to 0..255; 8-bit data stays
-        if wide.max(initial=0) > 255 or array.dtype in (np.uint16, np.int16):
-            return (np.clip(wide, 0, 65535) // 257).astype(np.uint8)
-        return np.clip(wide, 0, 255).astype(np.uint8)
-    raise BadInput(f"An image array of type {array.dtype} cannot be read as pixels.")
-
-
-def _on_white(rgba: np.ndarray) -> np.ndarray:
-    """[H, W, 4] uint8 composited over opaque white -> [H, W, 3] uint8 (official whitening)."""
-    alpha = rgba[:, :, 3:4].astype(np.float32) / 255.0
-    rgb = rgba[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-    return np.clip(rgb.round(), 0, 255).astype(np.uint8)
-
+from engine.imagefile import MAX_PIXELS, read_image  # noqa: F401 (moved there, torch-free)
 
 # ---------------------------------------------------------------------------------------------
 # Resize and crop rules

@@ -23,7 +23,8 @@ def imported_modules(folder: str) -> dict[str, set[str]]:
 
 def test_gui_side_imports_no_torch():
     code = (
-        "import sys, app.settings, app.engine_client, engine.protocol, ui.main_window;"
+        "import sys, app.settings, app.engine_client, engine.protocol, engine.imagefile,"
+        " ui.main_window;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
