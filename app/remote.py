@@ -574,6 +574,7 @@ class RemoteBackend:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task] = {}
         self._closed = asyncio.Event()
+        self._watch: asyncio.Task | None = None  # health checks while jobs run
         self._events.put_nowait(Ready("", VERSION, self.pid))
 
     # ---------------------------------------------------------- the Backend interface
@@ -587,6 +588,8 @@ class RemoteBackend:
             return self.shutdown()
         task = asyncio.ensure_future(self._run(request))
         self._tasks[request.job_id] = task
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.ensure_future(self._watch_health())
         task.add_done_callback(lambda _t, job_id=request.job_id: self._tasks.pop(job_id, None))
 
     send = submit  # the Transport name, for EngineClient and tests that speak it
@@ -606,6 +609,13 @@ class RemoteBackend:
         report = StatusReport(job_id, f"remote: {up} of {len(servers)} servers", "", "", running)
         self._emit(StatusReport(**{**report.__dict__, "details": details}))
 
+    async def _watch_health(self) -> None:
+        """Every probe interval while jobs run: servers failing `/health` leave the rotation,
+        and those out of it are asked again."""
+        while self._tasks and not self._closed.is_set():
+            await asyncio.sleep(self.options.probe_interval_s)
+            await self.pool.check_health()
+
     async def receive(self) -> Event:
         event = await self._events.get()
         if event is None:
@@ -613,6 +623,8 @@ class RemoteBackend:
         return event
 
     def shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
         self._tasks.clear()

@@ -72,6 +72,16 @@ class ServerPool:
         self._probed = True
         return list(found)
 
+    async def check_health(self) -> None:
+        """Ask `/health` of every server in rotation; one that fails it leaves the rotation (and
+        is probed again after `probe_interval_s`), one out of it whose time has come is asked."""
+        serving = [s for s in self.servers if s.in_rotation]
+        answers = await asyncio.gather(*(s.client.health() for s in serving))
+        for server, healthy in zip(serving, answers):
+            if not healthy:
+                self._take_out(server, f"{server.url} failed its health check")
+        await self._probe_due()
+
     def missing(self, task: str) -> str:
         """A sentence when no server (in rotation or not) can run `task`, else ""."""
         problems = [s.capabilities.missing(task) for s in self.servers]

@@ -75,6 +75,7 @@ class DoubleServer(ThreadingHTTPServer):
         self.in_flight = 0
         self.peak = 0
         self.dead = False
+        self.healthy = True  # False: /health answers 503
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -115,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         if self.path == "/health":
+            if not self.server.healthy:
+                return self._json(503, {"status": "unhealthy", "running": False})
             return self._json(200, {"status": "healthy", "running": True})
         if self.path == "/v1/models":
             return self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})

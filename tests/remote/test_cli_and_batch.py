@@ -103,3 +103,31 @@ def test_forty_items_over_three_servers_with_one_dying_midway(tmp_path):
             assert np.array_equal(np.asarray(image), seeded_image(request.seed, 32, 32))
     assert max(peaks) <= bound and max(s.peak for s in servers) <= bound
     assert servers[1].dead and all(len(s.requests) > 0 for s in servers)
+
+
+def test_a_server_failing_its_health_check_leaves_the_rotation_and_returns():
+    async def body(good, sick):
+        options = RemoteOptions([good.url, sick.url], per_server=1, read_timeout_s=10)
+        options.probe_interval_s = 0.1
+        backend = RemoteBackend(options)
+        await backend.pool.probe_all()
+        sick.healthy = False
+        backend.submit(Generate("long", "x", 32, 32))  # keeps the health watch running
+        pool_sick = backend.pool.servers[1]
+        for _ in range(100):
+            if not pool_sick.in_rotation:
+                break
+            await asyncio.sleep(0.02)
+        assert "failed its health check" in pool_sick.why
+        before = len(sick.requests)
+        await run_many(backend, [Generate(f"a{i}", "x", 32, 32, seed=i) for i in range(4)])
+        assert len(sick.requests) == before  # out of the rotation: nothing sent to it
+        sick.healthy = True
+        await asyncio.sleep(0.15)
+        await run_many(backend, [Generate(f"b{i}", "x", 32, 32, seed=i) for i in range(4)])
+        backend.close()
+        return before
+
+    with DoubleServer(delay_s=0.05) as good, DoubleServer(delay_s=0.05) as sick:
+        before = asyncio.run(asyncio.wait_for(body(good, sick), 30))
+        assert len(sick.requests) > before  # probed again, back in the rotation
