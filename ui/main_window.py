@@ -103,6 +103,7 @@ class MainWindow(QMainWindow):
         column.addWidget(self.pages_stack, 1)
         column.addWidget(self.edit_bar)
         column.addWidget(self.versions)
+        self.versions.hide()
         self.setCentralWidget(centre)
 
     def _build_docks(self) -> None:
@@ -238,6 +239,7 @@ class MainWindow(QMainWindow):
                 index = self.tabs.addTab(page, document.title)
                 self.tabs.setTabToolTip(index, document.path or document.title)
         self.pages_stack.setCurrentWidget(self.tabs if self.pages else self.empty)
+        self.versions.setVisible(bool(self.pages))  # no document, no versions
         self.show_current()
 
     def show_current(self) -> None:
