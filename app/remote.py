@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import struct
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -386,6 +387,16 @@ def _message(turn: ChatTurn) -> dict:
     return {"role": turn.role, "content": [*parts, {"type": "text", "text": turn.text}]}
 
 
+def image_parameters(params: dict) -> dict[str, str]:
+    """The server-side parameters of an image job under the local engine's metadata names."""
+    found = {"decoder": "turbo" if params.get("decode_mode") == "decoder-turbo" else "normal"}
+    names = {"dllm_steps": "steps", "mode": "mode"}
+    for key, value in params.items():
+        if key not in ("decode_mode", "seed", "image_h", "image_w"):
+            found[names.get(key, key)] = str(value)
+    return found
+
+
 # ------------------------------------------------------------------ responses
 
 
@@ -685,12 +696,16 @@ class RemoteBackend:
 
     async def _image_job(self, request, task: str, body: dict) -> ImageResult:
         self._emit(Progress(request.job_id, "remote", 0, 1))
+        started = time.monotonic()
         data, server = await self.pool.call(task, lambda client: client.chat(body))
         image, thinking = parse_image_response(data)
         self._emit(Progress(request.job_id, "remote", 1, 1))
         if thinking:
             self._emit(TextDelta(request.job_id, thinking))
         metadata = self._metadata(request, task, server)
+        metadata.update(image_parameters(body["image_generation"]))
+        metadata.update(width=str(image.shape[1]), height=str(image.shape[0]))
+        metadata["elapsed_s"] = f"{time.monotonic() - started:.2f}"
         return ImageResult(request.job_id, image, metadata, thinking)
 
     async def _edit(self, request: Edit) -> ImageResult:

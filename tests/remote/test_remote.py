@@ -190,6 +190,8 @@ def test_generate_and_thinking_generate_end_to_end():
         plain = result(await job(backend, Generate("g1", "a boat", 64, 32, seed=7)))
         assert np.array_equal(plain.image, seeded_image(7, 64, 32))
         assert plain.metadata["server"] == server.url and plain.metadata["seed"] == "7"
+        assert plain.metadata["decoder"] == "turbo" and plain.metadata["decoder_steps"] == "8"
+        assert plain.metadata["cfg_scale"] == "2.0" and plain.metadata["width"] == "64"
         events = await job(backend, Generate("g2", "a lake", 32, 32, seed=3, thinking=True))
         thought = result(events)
         assert thought.thinking == "Thinking about 'a lake'."
