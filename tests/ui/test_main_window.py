@@ -93,11 +93,12 @@ def test_enter_sends_a_masked_edit_whose_result_is_a_new_version_shown_in_compar
             await until(lambda: len(document.versions) == 2 and not document.jobs)
         finally:
             await window.client.shutdown()
-        return document, painted
+        return document, painted, job.request.seed
 
-    document, painted = run(qasync_loop, body())
+    document, painted, seed = run(qasync_loop, body())
     after = document.current_version.image
-    assert np.array_equal(after[painted], 255 - GREY[painted])
+    edited = (255 - 40 + seed) % 256  # the fake engine's edit: inverted, shifted by the seed
+    assert np.all(after[painted] == edited)
     assert np.array_equal(after[~painted], GREY[~painted])
     page = window.page()
     assert page.badge.text() == "CURRENT · version 2 of 2"
@@ -114,7 +115,7 @@ def test_enter_sends_a_masked_edit_whose_result_is_a_new_version_shown_in_compar
     assert after_right == 40  # version 2 is unchanged outside the rectangle at x=140
     page.canvas.set_split(0.1)
     shot = page.canvas.grab().toImage()
-    assert shot.pixelColor(at_image[0].toPoint()).red() == 215  # version 2 inside its mask
+    assert shot.pixelColor(at_image[0].toPoint()).red() == edited  # version 2 inside its mask
     window.set_compare(SPLIT)  # the same key again returns to the canvas
     assert page.mode == NORMAL and page.canvas.compare_mode is None
 
