@@ -71,7 +71,7 @@ async def serve(client, settings, window, closed) -> None:
     except EngineError as error:
         window.show_error(str(error))
     else:
-        if settings.model_folder:
+        if settings.model_folder or settings.backend == "remote":  # remote: the connect probe
             client.submit(LoadModel(new_job_id(), settings.model_folder, settings.device))
     await closed.wait()
     await client.shutdown()

@@ -91,8 +91,9 @@ class Settings:
 
     @property
     def needs_setup(self) -> bool:
-        """True until a model folder (or the demo) is chosen: the first-run page shows."""
-        return not self.model_folder
+        """True until a model folder (or the demo, or remote servers) is chosen: the first-run
+        page shows."""
+        return not self.model_folder and not (self.backend == "remote" and self.backend_urls)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:

@@ -58,3 +58,9 @@ def test_engine_client_runs_jobs_on_remote_servers(tmp_path):
 
 def test_remote_backend_is_a_backend():
     assert all(hasattr(RemoteBackend, name) for name in ("submit", "cancel", "status", "receive"))
+
+
+def test_remote_servers_need_no_model_folder():
+    assert Settings().needs_setup
+    assert Settings(backend="remote", backend_urls=["https://gpu:8000"]).needs_setup is False
+    assert Settings(backend="remote").needs_setup  # no server yet: the first-run page still shows
