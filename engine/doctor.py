@@ -106,8 +106,9 @@ def collect(
     _check_gui(report)
     saved = _check_settings(report, settings or settings_path())
     torch_ok = _check_torch(report)
-    _check_model(report, model or (Path(saved) if saved else None), torch_ok)
-    _check_disk(report, model or (Path(saved) if saved else None))
+    folder = model or (Path(saved).expanduser() if saved else None)
+    _check_model(report, folder, torch_ok)
+    _check_disk(report, folder)
     _check_hub(report)
     _add_log(report, log or log_path())
     return report
