@@ -171,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--question", required=True)
     rules.add_flag(ask, "max_tokens", help="answer length limit (official 2048)")
 
-    from engine import doctor, download, quant_commands  # torch-free; each brings its handler
+    from engine import batch, doctor, download, quant_commands  # torch-free; each its handler
 
+    batch.add_command(sub)  # batch JOBFILE | generate | edit | ask
     download.add_command(sub)
     doctor.add_command(sub)
     quant_commands.add_command(sub)  # quantize, estimate
