@@ -35,6 +35,7 @@ class EditBar(QWidget):
         row.addWidget(self.scope)
         row.addWidget(self.run_button)
         self._document = None
+        self._texts: dict[int, str] = {}  # id(document) -> its unsent instruction
         self._scope_timer = QTimer(self, singleShot=True, interval=150)  # not on every dab
         self._scope_timer.timeout.connect(self.show_scope)
         self._mask_painted = lambda *_: self._scope_timer.start()
@@ -44,12 +45,14 @@ class EditBar(QWidget):
     def _follow(self) -> None:
         if self._document is not None:
             self._document.mask_changed.disconnect(self._mask_painted)
+            self._texts[id(self._document)] = self.instruction.text()  # each tab keeps its own
         self._document = self.workspace.current
         if self._document is not None:
             self._document.mask_changed.connect(self._mask_painted)
         enabled = self._document is not None
-        if enabled and not self.instruction.text():  # an edit this app made: its instruction
-            self.instruction.setText(self._document.current_version.metadata.get("instruction", ""))
+        if enabled:  # the tab's own text, else the instruction of an edit this app made
+            made = self._document.current_version.metadata.get("instruction", "")
+            self.instruction.setText(self._texts.get(id(self._document), made))
         self.instruction.setEnabled(enabled)
         self.run_button.setEnabled(enabled)
         self.show_scope()

@@ -338,11 +338,9 @@ class MainWindow(QMainWindow):
 
     def show_engine_event(self, event) -> None:
         match event:
-            case Progress(stage=stage, step=step, total=total):
+            case Progress(stage=stage):  # the step and time left show beside, per job
                 words = self.tr(STAGE_NAMES.get(stage, stage))
-                self.engine_label.setText(
-                    self.tr("{0}: step {1} of {2}").format(words, step, total)
-                )
+                self.engine_label.setText(self.tr("Engine: {0}").format(words.lower()))
             case LoadProgress(stage=stage, step=step, total=total):
                 self.engine_label.setText(
                     self.tr("Loading the model: {0} ({1} of {2})").format(stage, step, total)

@@ -168,3 +168,13 @@ def test_paste_opens_the_clipboard_image(window):
     window.actions_by_name["paste"].trigger()
     [document] = window.workspace.documents
     assert np.array_equal(document.image, image) and window.tabs.count() == 1
+
+
+def test_each_tab_keeps_its_own_instruction(window, qtbot):
+    first = window.workspace.open_image(GREY, title="a")
+    qtbot.keyClicks(window.edit_bar.instruction, "add a moon")
+    second = window.workspace.open_image(GREY, title="b")
+    assert window.edit_bar.instruction.text() == ""
+    window.workspace.set_current(first)
+    assert window.edit_bar.instruction.text() == "add a moon"
+    assert second is not first
