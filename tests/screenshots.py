@@ -77,6 +77,7 @@ def landscape(height: int = 576, width: int = 768) -> np.ndarray:
 
 @state("empty")
 async def empty(shot: Shot) -> None:
+    shot.window.generate_dock.raise_()
     await shot.settle()
 
 
@@ -90,6 +91,12 @@ async def mask(shot: Shot) -> None:
                         radius=0.06 * width, hardness=0.8)  # fmt: skip
     document.begin_stroke(0.2 * width, 0.85 * height, 0.05 * width, 0.8)
     document.stroke_to(0.35 * width, 0.88 * height)  # a stroke still being painted
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QCursor
+
+    canvas = shot.window.page().canvas
+    at = canvas.to_widget(QPointF(0.35 * width, 0.88 * height)).toPoint()
+    QCursor.setPos(canvas.mapToGlobal(at))  # the brush outline follows the pointer
     shot.window.edit_bar.instruction.setText("replace the sun with a full moon")
     await shot.settle()
 
@@ -105,19 +112,22 @@ async def running(shot: Shot) -> None:
         # is too fast to catch a step from outside.
         from engine.protocol import Progress
 
-        if (
+        if grabbed.done() or event.job_id not in document.jobs:
+            return
+        if type(event).__name__ == "Failed":
+            grabbed.set_exception(RuntimeError(f"the edit failed: {event.message}"))
+        elif (
             isinstance(event, Progress)
             and event.stage == "denoise tokens"
             and event.preview is not None
-            and event.step * 2 >= event.total
-            and not grabbed.done()
+            and event.step * 3 >= event.total
         ):
             grabbed.set_result(shot.window.grab())
 
     shot.client.add_handler(grab_at_preview)
     shot.window.run_edit()
-    shot.grabbed = await asyncio.wait_for(grabbed, 300)
-    await shot.until(lambda: not document.jobs and len(document.versions) == 2, 300)
+    shot.grabbed = await asyncio.wait_for(grabbed, 900)
+    await shot.until(lambda: not document.jobs and len(document.versions) == 2, 900)
 
 
 @state("compare")
@@ -126,7 +136,7 @@ async def compare(shot: Shot) -> None:
 
     shot.window.set_compare(SPLIT)
     page = shot.window.page()
-    page.compare.set_split(0.55)
+    page.canvas.set_split(0.55)
     await shot.settle()
 
 
@@ -140,12 +150,99 @@ async def generate(shot: Shot) -> None:
     form.set_size(384, 256)
     form.set_seed(7)
     form.set_seed_locked(True)
+    form.set_advanced(decoder_steps=2)
     count = len(shot.workspace.documents)
     shot.window.generate()
     await shot.until(
         lambda: len(shot.workspace.documents) > count and not shot.workspace.generating
     )
     await shot.settle()
+
+
+@state("chat_region")
+async def chat_region(shot: Shot) -> None:
+    """The chat mid-answer about a painted region of the lake picture."""
+    from engine.protocol import TextDelta
+
+    window = shot.window
+    lake = next(d for d in shot.workspace.documents if d.title == "lake.png")
+    shot.workspace.set_current(lake)
+    lake.clear_mask()
+    height, width = lake.image.shape[:2]
+    lake.paint_line([(0.65 * width, 0.22 * height), (0.78 * width, 0.32 * height)],
+                    radius=0.07 * width, hardness=0.8)  # fmt: skip
+    window.chat_dock.raise_()
+    panel = window.chat_view.panel(lake)
+    panel.region.setChecked(True)
+    panel.conversation.answer_tokens, panel.conversation.steps = 96, 4  # short, on a CPU
+    panel.question.setPlainText("What is in the painted part, and what colour is it?")
+    grabbed = asyncio.get_running_loop().create_future()
+    deltas = []
+
+    def grab_mid_answer(event) -> None:
+        if isinstance(event, TextDelta) and panel.conversation.owns(event.job_id):
+            deltas.append(event)
+            if len(deltas) >= 3 and not grabbed.done():
+                panel.views[-1].refresh()
+                grabbed.set_result(window.grab())
+
+    shot.client.add_handler(grab_mid_answer)
+    panel.ask()
+    try:
+        shot.grabbed = await asyncio.wait_for(grabbed, 300)
+    except TimeoutError:  # an answer shorter than three deltas: show it whole
+        shot.grabbed = None
+    await shot.until(lambda: not panel.conversation.busy, 300)
+
+
+@state("queue")
+async def queue(shot: Shot) -> None:
+    """Three edits: one running, two waiting."""
+    from engine.protocol import Progress
+
+    window = shot.window
+    window.queue_dock.raise_()
+    document = shot.workspace.current
+    grabbed = asyncio.get_running_loop().create_future()
+    texts = ["make the sky a sunset", "add a sailing boat on the lake", "turn it into winter"]
+    params = shot.workspace.edit_parameters()
+    jobs = [document.edit(text, **params | {"seed": n}) for n, text in enumerate(texts)]
+
+    def grab_at_progress(event) -> None:
+        job = window.session.jobs.get(event.job_id)
+        if (isinstance(event, Progress) and event.job_id == jobs[0].job_id and job
+                and job.seconds_left is not None and not grabbed.done()):  # fmt: skip
+            window.jobs_panel.rebuild()
+            grabbed.set_result(window.grab())
+
+    shot.client.add_handler(grab_at_progress)
+    shot.grabbed = await asyncio.wait_for(grabbed, 300)
+    await shot.until(lambda: not document.jobs, 600)
+
+
+@state("history")
+async def history(shot: Shot) -> None:
+    """The history browser with every result so far."""
+    window = shot.window
+    window.history_dock.show()
+    window.history_dock.raise_()
+    window.history_browser.refresh()
+    await shot.until(lambda: not window.history_browser._pending, 60)
+    window.history_browser.grid.item(0).setSelected(True)
+    await shot.settle()
+
+
+@state("first_run")
+async def first_run(shot: Shot) -> None:
+    """The first-run page, as a new user sees it."""
+    from ui import part2
+
+    window = shot.window
+    window.history_dock.hide()
+    dialog = part2.show_setup(window)
+    await shot.settle(0.5)
+    shot.grabbed = dialog.grab()
+    dialog.close()
 
 
 # ------------------------------------------------------------------ running them
@@ -205,13 +302,21 @@ def main(argv: list[str]) -> int:
         work = Path(scratch)
         model = write_tiny_model(work)
         app = QApplication(["LLaDA Studio"])
+        from app.qt_workaround import install as guard_pyside_refcounts
+
+        guard_pyside_refcounts(app)  # as main.py: PySide6 6.12's refcount bug
         apply_dark_theme(app)
         loop = qasync.QEventLoop(app)
         asyncio.set_event_loop(loop)
-        settings = Settings(model_folder=str(model), device="cpu", results_folder=str(work))
+        # Two decoder steps: the tiny model paints noise at any step count, and the run stays short.
+        settings = Settings(model_folder=str(model), device="cpu", results_folder=str(work),
+                            edit_steps=2, decoder_steps=2)  # fmt: skip
         client = EngineClient(partial(EngineProcess.start, work / "engine.log"))
         workspace = Workspace(settings, client.submit, save_settings=lambda: None)
         window = MainWindow(settings, client, workspace)
+        from ui import part2
+
+        part2.install(window, work / "data", offer_restore=False)
         window.resize(*WINDOW_SIZE)
         window.show()
         shot = Shot(window, client, workspace, model, work)
