@@ -186,6 +186,22 @@ class MeteredFile:
         return size
 
 
+class NoBar:
+    """Stands in for huggingface_hub's own progress bar, which would draw over ours."""
+
+    def __init__(self, **options):
+        pass
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 # Where things go
 
 
@@ -410,6 +426,7 @@ class Download:
                     headers=headers,
                     expected_size=file.size,
                     displayed_filename=file.path,
+                    tqdm_class=NoBar,  # type: ignore[arg-type]
                 )
         except (OSError, httpx2.HTTPError) as error:  # after http_get's own retries
             raise DownloadError(
