@@ -86,10 +86,11 @@ async def mask(shot: Shot) -> None:
     document = shot.workspace.open_image(landscape(), title="lake.png")
     await shot.settle()
     height, width = document.image.shape[:2]
+    shot.workspace.tools.set_size(0.12 * width)  # the outline shows the brush that painted
     document.paint_line([(0.62 * width, 0.2 * height), (0.8 * width, 0.25 * height),
                          (0.78 * width, 0.4 * height), (0.64 * width, 0.38 * height)],
                         radius=0.06 * width, hardness=0.8)  # fmt: skip
-    document.begin_stroke(0.2 * width, 0.85 * height, 0.05 * width, 0.8)
+    document.begin_stroke(0.2 * width, 0.85 * height, 0.06 * width, 0.8)
     document.stroke_to(0.35 * width, 0.88 * height)  # a stroke still being painted
     from PySide6.QtCore import QPointF
     from PySide6.QtGui import QCursor

@@ -31,7 +31,8 @@ def apply_dark_theme(app: QApplication) -> None:
     ):
         palette.setColor(role, QColor(colour))
     app.setPalette(palette)
-    app.setStyleSheet((RESOURCES / "theme_dark.qss").read_text())
+    sheet = (RESOURCES / "theme_dark.qss").read_text()
+    app.setStyleSheet(sheet.replace("@icons@", (RESOURCES / "icons").as_posix()))
 
 
 @cache
