@@ -153,10 +153,15 @@ def test_holding_tab_shows_the_parent_version(window, qtbot):
     page.canvas.setFocus()
     window.activateWindow()
     assert document.viewed == document.current == document.versions[1].id
-    page.flip_to_parent(True)
+    qtbot.waitUntil(window.isActiveWindow)
+    qtbot.keyPress(page.canvas, Qt.Key.Key_Tab)  # held: the parent is on screen
     assert document.viewed == document.versions[0].id and "PARENT" in page.badge.text()
-    page.flip_to_parent(False)
+    assert page.canvas.hasFocus()  # Tab did not move the focus away
+    qtbot.keyRelease(page.canvas, Qt.Key.Key_Tab)
     assert document.viewed == document.versions[1].id and "CURRENT" in page.badge.text()
+    window.edit_bar.instruction.setFocus()
+    qtbot.keyPress(window.edit_bar.instruction, Qt.Key.Key_Tab)  # typing: Tab is not a flip
+    assert document.viewed == document.versions[1].id
 
 
 def test_paste_opens_the_clipboard_image(window):
