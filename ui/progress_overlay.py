@@ -4,7 +4,7 @@ image tokens as they commit, then the decoder's picture), with a button to cance
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QPoint, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
@@ -101,3 +101,11 @@ class ProgressOverlay(QWidget):
         painter.drawPixmap(target, self.preview, QRectF(self.preview.rect()))
         painter.setPen(QColor("#3a404c"))
         painter.drawRect(target)
+        tag = self.tr("PREVIEW · not a result yet")
+        box = painter.fontMetrics().boundingRect(tag).adjusted(-10, -5, 10, 5)
+        box.moveTopLeft(target.topLeft().toPoint() + QPoint(10, 10))
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor("#8a5a12"))
+        painter.drawRoundedRect(box, 4, 4)
+        painter.setPen(QColor("#fff4e0"))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, tag)
