@@ -2,9 +2,10 @@
 
     python3 dev.py app     set up, then open LLaDA Studio
     python3 dev.py test    set up, then run the whole test suite
-    python3 dev.py screenshots [OUT_DIR]
+    python3 dev.py screenshots [OUT_DIR [STATE,...]]
                            the window in several states, as PNGs (default ./screenshots), made
-                           under Xvfb with the real engine on the tiny checkpoint (Linux)
+                           under Xvfb with the real engine on the tiny checkpoint (Linux); the
+                           states are listed in tests/screenshots.py
 
 Needs only Python 3.11+. Set-up installs the pinned packages of pyproject.toml once, and again
 whenever pyproject.toml changes.

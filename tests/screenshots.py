@@ -271,6 +271,8 @@ async def drive(shot: Shot, out_dir: Path, names: set[str] | None) -> list[Path]
     written = []
     try:
         for name, function in STATES:
+            if names is not None and names <= {p.stem for p in written}:
+                break  # the states asked for are done; the later ones need not run
             shot.grabbed = None
             await function(shot)
             if names is not None and name not in names:
