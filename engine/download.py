@@ -31,6 +31,7 @@ LAST_FILE = "config.json"  # its arrival marks the folder as a model, so it come
 PROGRESS_EVERY_S = 0.1
 RATE_WINDOW_S = 10.0
 WORKERS = 4  # files fetched at once
+CHUNK_BYTES = 2**20  # read from the network between two progress checks
 
 
 class DownloadError(StudioError):
@@ -259,6 +260,11 @@ class Download:
             ) from None
 
     def _run(self) -> Path:
+        from huggingface_hub import constants
+
+        # huggingface_hub reads 10 MB before each write; 1 MB keeps progress and cancel prompt
+        # on a slow link (this process is the download's own: the app runs it as a child).
+        constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, CHUNK_BYTES)
         offline = offline_mode() if self.offline is None else self.offline
         record = Record.load(self.folder)
         if offline:
