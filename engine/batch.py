@@ -632,7 +632,9 @@ class Runner:
     def _write_loop(self) -> None:
         while (work := self._queue.get()) is not None:
             item, path, result = work
-            if self.report.stopped:  # the disk is full: drop, do not record
+            if self.report.stopped:  # the disk is full: not written, so not run
+                with self._lock:
+                    self.report.not_run += 1
                 continue
             try:
                 record = self._write(item, path, result)
