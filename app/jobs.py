@@ -84,7 +84,7 @@ def describe(request: Request) -> tuple[str, str]:
         case Understand():
             return "chat", request.turns[-1].text if request.turns else ""
         case LoadModel():
-            return "load model", request.folder
+            return "load model", request.folder.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
         case Unload():
             return "unload", ""
     return type(request).__name__.lower(), ""

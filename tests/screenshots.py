@@ -163,7 +163,7 @@ async def generate(shot: Shot) -> None:
 @state("chat_region")
 async def chat_region(shot: Shot) -> None:
     """The chat mid-answer about a painted region of the lake picture."""
-    from engine.protocol import TextDelta
+    from engine.protocol import Progress, TextDelta
 
     window = shot.window
     lake = next(d for d in shot.workspace.documents if d.title == "lake.png")
@@ -181,11 +181,13 @@ async def chat_region(shot: Shot) -> None:
     deltas = []
 
     def grab_mid_answer(event) -> None:
-        if isinstance(event, TextDelta) and panel.conversation.owns(event.job_id):
-            deltas.append(event)
-            if len(deltas) >= 3 and not grabbed.done():
-                panel.views[-1].refresh()
-                grabbed.set_result(window.grab())
+        if not panel.conversation.owns(event.job_id) or grabbed.done():
+            return
+        deltas.append(event)
+        halfway = isinstance(event, Progress) and "denoise" in event.stage
+        if (halfway and event.step * 2 >= event.total) or isinstance(event, TextDelta):
+            panel.views[-1].refresh()
+            grabbed.set_result(window.grab())
 
     shot.client.add_handler(grab_mid_answer)
     panel.ask()
@@ -212,6 +214,7 @@ async def queue(shot: Shot) -> None:
     def grab_at_progress(event) -> None:
         job = window.session.jobs.get(event.job_id)
         if (isinstance(event, Progress) and event.job_id == jobs[0].job_id and job
+                and "denoise" in event.stage and event.step * 3 >= event.total
                 and job.seconds_left is not None and not grabbed.done()):  # fmt: skip
             window.jobs_panel.rebuild()
             grabbed.set_result(window.grab())

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.chat import ASSISTANT, FAILED, STOPPED, STREAMING, Conversation, Message
+from app.chat import ASSISTANT, DONE, FAILED, STOPPED, STREAMING, Conversation, Message
 
 # What the panel asks about: the document's image and, when the region toggle is on, its mask.
 Context = Callable[[], tuple[np.ndarray | None, np.ndarray | None]]
@@ -85,6 +85,8 @@ class MessageView(QFrame):
             region = self.tr(" (about the painted region)") if message.region is not None else ""
             self.who.setText(self.tr("You") + region)
         text = message.text or (message.error if message.state == FAILED else "")
+        if not text.strip() and message.role == ASSISTANT and message.state == DONE:
+            text = self.tr("*(The model gave an empty answer; Regenerate tries another seed.)*")
         self.body.setMarkdown(text)
         self._fit()
 

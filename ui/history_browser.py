@@ -168,8 +168,12 @@ class HistoryBrowser(QWidget):
             button.setEnabled(bool(chosen))
         if len(chosen) == 1:
             e = chosen[0]
-            params = ", ".join(f"{k} {v}" for k, v in sorted(e.parameters.items()) if v)
-            self.details.setText(f"{e.task} · seed {e.seed} · {params}\n{e.prompt}")
+            p = e.parameters
+            size = f"{p['width']}×{p['height']}" if "width" in p and "height" in p else ""
+            shown = [e.task, f"seed {e.seed}", size, f"{p['steps']} steps" if "steps" in p else "",
+                     e.path.name]  # fmt: skip
+            self.details.setText(" · ".join(x for x in shown if x) + f"\n{e.prompt}")
+            self.details.setToolTip("\n".join(f"{k}: {v}" for k, v in sorted(p.items())))
         else:
             self.details.setText("")
 

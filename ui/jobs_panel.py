@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -36,6 +37,8 @@ class JobRow(QFrame):
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.title = QLabel()
         self.title.setTextFormat(Qt.TextFormat.PlainText)
+        self.title.setMinimumWidth(40)  # long labels are cut, never widen the panel
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.state = QLabel()
         self.bar = QProgressBar(maximum=1000, textVisible=False, maximumHeight=8)
         self.message = QLabel(wordWrap=True)
@@ -137,6 +140,7 @@ class JobsPanel(QWidget):
         outer.addLayout(self.list)
         outer.addStretch()
         scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(body)
         column = QVBoxLayout(self)
         column.addLayout(controls)
