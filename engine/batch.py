@@ -121,6 +121,7 @@ class Report:
     interrupted: bool = False
     model_s: float = 0.0  # time inside pipeline calls
     wall_s: float = 0.0  # from the first item to the last write (after the model load)
+    write_s: float = 0.0  # encoding and writing, on the writer thread (overlaps the compute)
 
     @property
     def exit_status(self) -> int:
@@ -636,6 +637,7 @@ class Runner:
                 with self._lock:
                     self.report.not_run += 1
                 continue
+            started = time.perf_counter()
             try:
                 record = self._write(item, path, result)
                 self.manifest.append(record)
@@ -646,6 +648,8 @@ class Runner:
             except StudioError as error:
                 self._count(failed=(item.label(), str(error)))
                 continue
+            finally:
+                self.report.write_s += time.perf_counter() - started
             self._count(done=record.get("output") or item.label())
 
     def _write(self, item: Item, path: Path | None, result) -> dict:
