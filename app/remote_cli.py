@@ -245,9 +245,10 @@ async def run_one(options: argparse.Namespace, out) -> int:
     finally:
         bar.close()
         backend.close()
-    if isinstance(request, Understand) and answer:
-        out.write("\n")
-    return report(ended[request.job_id])
+    code = report(ended[request.job_id])
+    if isinstance(request, Understand) and (answer or code == 0):
+        out.write("\n")  # the answer's end, as the local CLI writes it
+    return code
 
 
 async def run_batch(options: argparse.Namespace, out) -> int:
