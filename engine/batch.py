@@ -47,6 +47,10 @@ TASK_OPTIONS = {
 }
 OUTPUT_KEYS = ("format", "quality", "lossless", "sidecar", "overwrite", "name")
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+rules.register(  # the batch's own arguments, in the one table of argument rules
+    rules.Rule("quality", "int", "The quality", low=1, high=100),
+    rules.Rule("format", "choice", "The format", choices=("png", "jpeg", "jpg", "webp")),
+)
 MIN_SOURCE_SIDE = 16  # px: smaller sources (tracking pixels, icons) are reported, not edited
 
 
@@ -382,8 +386,7 @@ def _path(value, base: Path) -> Path:
 
 def _check_output(output: Output, task: str) -> None:
     imagefile.image_format("", output.format)
-    if not isinstance(output.quality, int) or not 1 <= output.quality <= 100:
-        raise BadInput(f"The quality must be a whole number from 1 to 100, not {output.quality!r}.")
+    rules.check("quality", output.quality)
     naming.check_template(output.name or TEMPLATES[task])
     if output.folder.exists() and not output.folder.is_dir():
         raise BadInput(f"The output {output.folder} is a file; choose a folder.")
@@ -753,8 +756,8 @@ def add_command(sub) -> None:
     parser.add_argument("--instruction", help="edit: how to change each image")
     parser.add_argument("--question", help="ask: what to ask of each image")
     parser.add_argument("--name", help="naming template, e.g. '{index:04d}-{slug}-{seed}'")
-    parser.add_argument("--format", choices=("png", "jpeg", "jpg", "webp"), help="default png")
-    parser.add_argument("--quality", type=int, help="JPEG and WebP quality 1-100 (default 95)")
+    rules.add_flag(parser, "format", help="png (default), jpeg or webp")
+    rules.add_flag(parser, "quality", help="JPEG and WebP quality 1-100 (default 95)")
     parser.add_argument("--lossless", action="store_true", default=None, help="lossless WebP")
     parser.add_argument("--sidecar", action="store_true", default=None, help="a .json per image")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace files")
