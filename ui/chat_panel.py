@@ -85,6 +85,8 @@ class MessageView(QFrame):
             region = self.tr(" (about the painted region)") if message.region is not None else ""
             self.who.setText(self.tr("You") + region)
         text = message.text or (message.error if message.state == FAILED else "")
+        if not text and message.state == STREAMING:
+            text = "…"  # tokens commit out of order; the text shows once its start is settled
         if not text.strip() and message.role == ASSISTANT and message.state == DONE:
             text = self.tr("*(The model gave an empty answer; Regenerate tries another seed.)*")
         self.body.setMarkdown(text)
