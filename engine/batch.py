@@ -643,7 +643,7 @@ class Runner:
             started = time.perf_counter()
             try:
                 record = self._write(item, path, result)
-                self.manifest.append(record)
+                self._record(record, path)
             except imagefile.DiskFull as error:
                 self.report.stopped = str(error)
                 self._count(failed=(item.label(), str(error)))
@@ -654,6 +654,16 @@ class Runner:
             finally:
                 self.report.write_s += time.perf_counter() - started
             self._count(done=record.get("output") or item.label())
+
+    def _record(self, record: dict, path: Path | None) -> None:
+        """Add the manifest line; if that fails, remove the output too, so a rerun makes it
+        again rather than finding an unrecorded file it may not overwrite."""
+        try:
+            self.manifest.append(record)
+        except StudioError:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
 
     def _write(self, item: Item, path: Path | None, result) -> dict:
         record = {"key": item.key, "task": item.task, "index": item.index, "seed": item.seed,
