@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--size", type=local.parse_size, default=(1024, 1024), help="WxH")
     rules.add_flag(batch, "cfg_scale", help="guidance scale (official 2.0)")
     add_image_flags(batch)
-    batch.add_argument("--out-dir", type=Path, required=True, help="the folder for the images")
+    batch.add_argument("--out", type=Path, required=True, help="the output folder")
     return parser
 
 
@@ -254,13 +254,11 @@ async def run_one(options: argparse.Namespace, out) -> int:
 async def run_batch(options: argparse.Namespace, out) -> int:
     try:
         prompts = [line.strip() for line in options.prompts.read_text("utf-8").splitlines()]
-        seeds = [rules.check("seed", int(seed)) for seed in options.seeds.split(",")]
+        seeds = [rules.check("seed", seed) for seed in seed_list(options.seeds)]
     except OSError:
         raise BadInput(f"The prompt list {options.prompts} cannot be read.") from None
     except ValueError:
-        raise BadInput(
-            f"The seeds must be whole numbers, like 0,1,2, not {options.seeds!r}."
-        ) from None
+        raise BadInput(f"The seeds must look like 1-4 or 1,5,9, not {options.seeds!r}.") from None
     prompts = [prompt for prompt in prompts if prompt]
     if not prompts:
         raise BadInput(f"The prompt list {options.prompts} holds no prompts.")
@@ -272,8 +270,8 @@ async def run_batch(options: argparse.Namespace, out) -> int:
             request = Generate(
                 new_job_id(), prompt, width, height, cfg_scale=options.cfg_scale, **fields
             )
-            items[request.job_id] = (request, options.out_dir / f"{number:04d}-seed{seed}.png")
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+            items[request.job_id] = (request, options.out / f"{number:04d}-seed{seed}.png")
+    options.out.mkdir(parents=True, exist_ok=True)
     backend = RemoteBackend(options_for("", options))
     for warning in backend.options.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -320,6 +318,15 @@ def read_image(path: Path) -> np.ndarray:
         raise BadInput(f"There is no image {path}.") from None
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError):
         raise BadInput(f"{path} is not a readable image.") from None
+
+
+def seed_list(text: str) -> list[int]:
+    """`1-4` or `1,5,9` (or both, `1-3,7`) as seeds, in order; ValueError for anything else."""
+    seeds = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        seeds += range(int(first), int(last) + 1) if dash else [int(first)]
+    return seeds
 
 
 def report(event: Event) -> int:

@@ -131,3 +131,20 @@ def test_a_server_failing_its_health_check_leaves_the_rotation_and_returns():
     with DoubleServer(delay_s=0.05) as good, DoubleServer(delay_s=0.05) as sick:
         before = asyncio.run(asyncio.wait_for(body(good, sick), 30))
         assert len(sick.requests) > before  # probed again, back in the rotation
+
+
+def test_batch_with_backend_writes_each_prompt_and_seed_once(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\n\na blue owl\n")
+    out = tmp_path / "out"
+    with DoubleServer() as one, DoubleServer() as two:
+        argv = ["batch", "--backend", f"{one.url},{two.url}", "--prompts", str(prompts)]
+        argv += ["--seeds", "1-2,5", "--size", "256x256", "--out", str(out)]
+        stdout = io.StringIO()
+        assert remote_main(argv, out=stdout) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"{n:04d}-seed{s}.png" for n in (1, 2) for s in (1, 2, 5)]
+    assert sorted(stdout.getvalue().split()) == sorted(str(out / name) for name in names)
+    with Image.open(out / "0002-seed5.png") as image:
+        assert image.text["prompt"] == "a blue owl"
+        assert np.array_equal(np.asarray(image), seeded_image(5, 256, 256))
