@@ -381,7 +381,8 @@ def _job_items(task: str, spec: dict, seeds: list[int], base: Path) -> list[Item
 
 def _path(value, base: Path) -> Path:
     path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else base / path
+    # absolute, so an item's key (which holds its source path) is the same from any folder
+    return (path if path.is_absolute() else base / path).absolute()
 
 
 def _check_output(output: Output, task: str) -> None:
