@@ -64,7 +64,6 @@ def run_window(paths: list) -> int:
 
 async def serve(client, settings, window, closed) -> None:
     from app.engine_client import EngineError
-    from engine.protocol import LoadModel, new_job_id
 
     try:
         await client.start()
@@ -72,7 +71,7 @@ async def serve(client, settings, window, closed) -> None:
         window.show_error(str(error))
     else:
         if settings.model_folder or settings.backend == "remote":  # remote: the connect probe
-            client.submit(LoadModel(new_job_id(), settings.model_folder, settings.device))
+            client.submit(settings.load_request())
     await closed.wait()
     await client.shutdown()
 

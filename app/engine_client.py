@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -394,7 +395,7 @@ class EngineClient(QObject):
             self.stopped.emit("The engine keeps stopping; see its log file, then start it again.")
             return False
         if self._model is not None:
-            self._queue.appendleft(LoadModel(new_job_id(), self._model.folder, self._model.device))
+            self._queue.appendleft(replace(self._model, job_id=new_job_id()))  # same settings
         self._dispatch()
         return True
 

@@ -148,7 +148,4 @@ def reload_model(client, settings) -> str:
     """Load the settings' model on their device, ahead of the queued jobs, which wait for it.
 
     Its LoadProgress shows in the job list like any job's progress; returns its job id."""
-    from engine.protocol import LoadModel, new_job_id
-
-    request = LoadModel(new_job_id(), settings.model_folder, settings.device)
-    return client.submit(request, front=True)
+    return client.submit(settings.load_request(), front=True)

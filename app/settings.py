@@ -15,18 +15,22 @@ from pathlib import Path
 
 from platformdirs import user_config_path, user_data_path, user_pictures_path
 
+from engine.protocol import LoadModel, new_job_id
+
 APP_NAME = "LLaDA Studio"
 DEVICES = ("auto", "cuda", "mps", "cpu")  # "cuda:N" is accepted too (engine/args.py's rule)
-PRECISIONS = ("bf16", "int8", "int4")  # engine/quant.py PRECISIONS
+PRECISIONS = ("auto", "bf16", "int8", "int4")  # engine/quant.py PRECISIONS; auto: the plan's
 THEMES = ("system", "dark", "light")
 
 # What each VRAM preset means to the engine: how much of the model stays on the GPU.
 VRAM_PRESETS = {
     "auto": "Choose from the GPU's memory when the model loads",
     "high": "Everything on the GPU (48 GB or more at bf16)",
-    "medium": "The decoder waits in CPU memory between stages (24 GB or more)",
-    "low": "Layers stream from CPU memory as they are needed (slow; 12 GB or more)",
+    "medium": "Backbone and decoder take turns on the GPU, the idle one in CPU memory (12-16 GB)",
+    "low": "Experts stream from CPU memory as they are needed (slow; under 12 GB)",
 }
+# The GPU memory (GiB) each preset tells the engine's residency plan (engine/residency.py PRESETS)
+VRAM_GIB = {"auto": None, "high": 48.0, "medium": 16.0, "low": 10.0}
 
 # Disk and GPU memory by precision, for the first-run page (backbone_facts.md §8: backbone 16B
 # parameters, about 32 GB at bf16; decoder ~12 GB; VAE, SigVQ and tokenizer ~3 GB; the bf16
@@ -57,7 +61,7 @@ class Settings:
     model_folder: str = ""  # the LLaDA2.0-Uni folder; empty until the user picks one
     demo_model: bool = False  # model_folder is the tiny random demo: its results are noise
     device: str = "auto"
-    precision: str = "bf16"
+    precision: str = "auto"  # "auto": the memory plan picks by the GPU's memory
     vram_preset: str = "auto"
     results_folder: str = ""  # "" = default_results_folder()
     theme: str = "system"
@@ -88,6 +92,17 @@ class Settings:
     @property
     def results_path(self) -> Path:
         return Path(self.results_folder) if self.results_folder else default_results_folder()
+
+    def load_request(self, folder: str | None = None) -> LoadModel:
+        """The LoadModel that loads `folder` (default: the settings' model) as these settings say:
+        device, precision and VRAM preset (all "auto" leave the choice to the memory plan)."""
+        return LoadModel(
+            new_job_id(),
+            folder or self.model_folder,
+            self.device,
+            precision=None if self.precision == "auto" else self.precision,
+            vram=VRAM_GIB.get(self.vram_preset),
+        )
 
     @property
     def needs_setup(self) -> bool:

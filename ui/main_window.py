@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 from app.engine_client import EngineClient
 from app.settings import Settings
 from app.workspace import Workspace
-from engine.protocol import LoadProgress, Progress, new_job_id
+from engine.protocol import LoadProgress, Progress
 from ui import files
 from ui.document_page import NORMAL, SIDE, SPLIT, DocumentPage
 from ui.edit_bar import EditBar
@@ -369,9 +369,7 @@ class MainWindow(QMainWindow):
             self.settings.model_folder = folder
             self.settings.save()
             self.show_model()
-            from engine.protocol import LoadModel
-
-            self.client.submit(LoadModel(new_job_id(), folder, self.settings.device), front=True)
+            self.client.submit(self.settings.load_request(folder), front=True)
 
     def show_error(self, text: str) -> None:
         if text:

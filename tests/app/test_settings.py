@@ -34,3 +34,14 @@ def test_wrong_fields_fall_back_alone_and_missing_file_is_quiet(tmp_path):
     settings, notice = Settings.load_checked(path)
     assert notice == "" and settings == Settings(device="cpu", mask_opacity=1.0)
     assert Settings.load_checked(tmp_path / "missing.json") == (Settings(), "")
+
+
+def test_the_model_loads_with_the_chosen_device_precision_and_vram_preset():
+    auto = Settings(model_folder="/m").load_request()
+    assert (auto.folder, auto.device, auto.precision, auto.vram) == ("/m", "auto", None, None)
+    small = Settings(model_folder="/m", device="cuda:1", precision="int4", vram_preset="medium")
+    request = small.load_request("/other")
+    assert (request.folder, request.device, request.precision, request.vram) == (
+        "/other", "cuda:1", "int4", 16.0
+    )  # fmt: skip
+    assert request.job_id != small.load_request().job_id
