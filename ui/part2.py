@@ -6,6 +6,7 @@ restore after a crash. `install(window)` adds it all to a MainWindow with small,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, Qt
@@ -23,11 +24,14 @@ from PySide6.QtWidgets import (
 )
 
 from app import diagnostics
+from app.batch_queue import BatchQueue
 from app.model_setup import reload_model
 from app.session import Session
 from app.settings import data_folder
 from ui.about_dialog import AboutDialog
+from ui.batch_dialog import BatchDialog
 from ui.chat_panel import ChatPanel
+from ui.export_dialog import ExportDialog
 from ui.help_dialog import HelpDialog
 from ui.history_browser import HistoryBrowser
 from ui.jobs_panel import JobProgress, JobsPanel
@@ -151,7 +155,14 @@ def _menus(window: QMainWindow, session: Session) -> None:
     settings = QAction(window.tr("&Settings…"), window, shortcut="Ctrl+,")
     settings.setToolTip(window.tr("Model, device, precision, folders, theme and defaults"))
     settings.triggered.connect(lambda: show_settings(window))
-    file.insertAction(_quit_action(file), settings)
+    export = QAction(window.tr("&Export images…"), window, shortcut="Ctrl+Shift+E")
+    export.setToolTip(window.tr("Write chosen, starred or searched history images to a folder"))
+    export.triggered.connect(lambda: show_export(window))
+    batch = QAction(window.tr("&Batch…"), window, shortcut="Ctrl+Shift+B")
+    batch.setToolTip(window.tr("Queue a prompt list or a folder of images with today's settings"))
+    batch.triggered.connect(lambda: show_batch(window))
+    for action in (export, batch, settings):
+        file.insertAction(_quit_action(file), action)
     helpmenu = menus.get("Help") or bar.addMenu(window.tr("&Help"))
     shortcuts = getattr(window, "actions_by_name", {}).get("shortcuts")
     if shortcuts is not None:  # the searchable list of every shortcut
@@ -169,6 +180,29 @@ def _menus(window: QMainWindow, session: Session) -> None:
 
 def _quit_action(menu) -> QAction | None:
     return next((a for a in menu.actions() if "Quit" in a.text().replace("&", "")), None)
+
+
+def show_export(window: QMainWindow) -> None:
+    browser = window.history_browser
+    ExportDialog(window.session.history, browser.selected(), browser.search.text(), window).exec()
+
+
+def show_batch(window: QMainWindow) -> None:
+    """The batch dialog over the job queue; each task's values are the panels' at Start."""
+    if getattr(window, "batch_queue", None) is None:
+        window.batch_queue = BatchQueue(window.client.submit, window.client.cancel, window)
+        window.client.event_received.connect(window.batch_queue.handle)
+    BatchDialog(window.batch_queue, lambda task: batch_values(window, task), window).exec()
+
+
+def batch_values(window: QMainWindow, task: str) -> dict:
+    """The request fields a batch item of `task` takes from the panels and settings now."""
+    workspace, settings = window.workspace, window.settings
+    if task == "generate":
+        return dataclasses.asdict(workspace.form.requests()[0])
+    if task == "edit":
+        return workspace.edit_parameters()
+    return {"steps": settings.understand_steps, "max_tokens": settings.answer_tokens}
 
 
 def show_settings(window: QMainWindow) -> None:

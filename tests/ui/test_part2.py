@@ -76,3 +76,17 @@ async def test_after_a_crash_the_window_offers_the_documents_back(client, tmp_pa
     assert len(ASKED) == 1 and "photo" in ASKED[0][2]
     (restored,) = again.workspace.documents
     assert np.array_equal(restored.mask.coverage, document.mask.coverage)
+
+
+@scenario
+async def test_file_menu_offers_export_and_batch_with_the_panels_values(client, tmp_path):
+    window = window_for(client, tmp_path, model_folder=str(tmp_path), edit_steps=5)
+    file = next(a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == "File")
+    titles = [a.text().replace("&", "") for a in file.actions()]
+    assert "Export images…" in titles and "Batch…" in titles
+    window.workspace.form.set_advanced(steps=3)
+    window.workspace.form.set_size(512, 384)
+    generate = part2.batch_values(window, "generate")
+    assert (generate["steps"], generate["width"], generate["height"]) == (3, 512, 384)
+    assert part2.batch_values(window, "edit")["steps"] == 5
+    assert part2.batch_values(window, "ask")["max_tokens"] == window.settings.answer_tokens
