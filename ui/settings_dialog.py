@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings import DEVICES, PRECISIONS, THEMES, VRAM_PRESETS, Settings
+from ui.backend_page import BackendPage
 
 # Changing one of these reloads the engine's model.
 RELOAD_FIELDS = ("model_folder", "device", "precision", "vram_preset")
@@ -43,6 +45,7 @@ class SettingsDialog(QDialog):
         tabs.addTab(self._model_tab(), self.tr("Model"))
         tabs.addTab(self._look_tab(), self.tr("Canvas and look"))
         tabs.addTab(self._defaults_tab(), self.tr("Default parameters"))
+        tabs.addTab(self._backend_tab(), self.tr("Backend"))
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
@@ -54,6 +57,18 @@ class SettingsDialog(QDialog):
         self.load(settings)
 
     # ------------------------------------------------------------ tabs
+
+    def _backend_tab(self) -> QWidget:
+        self.backend = BackendPage()
+        note = QLabel(self.tr("A change of backend takes effect when LLaDA Studio starts again."))
+        note.setWordWrap(True)
+        column = QVBoxLayout()
+        column.addWidget(self.backend)
+        column.addWidget(note)
+        column.addStretch()
+        page = QWidget()
+        page.setLayout(column)
+        return page
 
     def _model_tab(self) -> QWidget:
         self.model_folder = QLineEdit()
@@ -148,10 +163,11 @@ class SettingsDialog(QDialog):
         self.understand_steps.setValue(s.understand_steps)
         self.answer_tokens.setValue(s.answer_tokens)
         self.turbo.setChecked(s.turbo_decoder)
+        self.backend.load(s)
 
     def values(self) -> Settings:
         """The settings as the dialog shows them (the stored ones are unchanged until OK)."""
-        return replace(
+        shown = replace(
             self.settings,
             model_folder=self.model_folder.text().strip(),
             device=self.device.currentText().strip() or "auto",
@@ -173,6 +189,8 @@ class SettingsDialog(QDialog):
             answer_tokens=self.answer_tokens.value(),
             turbo_decoder=self.turbo.isChecked(),
         )
+        self.backend.apply(shown)
+        return shown
 
     def accept(self) -> None:
         new, old = self.values(), replace(self.settings)

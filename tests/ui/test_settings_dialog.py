@@ -32,6 +32,7 @@ def test_ok_saves_and_a_new_device_reloads_ahead_of_the_queue(qtbot, tmp_path, m
     assert settings == saved and themes == ["light"]
     first, *rest = client.queued
     assert isinstance(first, p.LoadModel) and (first.folder, first.device) == ("/models/uni", "cpu")
+    assert first.vram == 10.0  # the "low" preset's budget for the engine's residency plan
     assert [r.job_id for r in rest] == ["a", "b"]
 
 
@@ -43,3 +44,17 @@ def test_cancel_changes_nothing(qtbot, tmp_path, monkeypatch):
     dialog.brush_size.setValue(99)
     dialog.reject()
     assert settings == Settings() and not (tmp_path / "settings.json").exists()
+
+
+def test_the_backend_tab_stores_remote_servers(qtbot, tmp_path, monkeypatch):
+    path = tmp_path / "settings.json"
+    monkeypatch.setattr("app.settings.default_path", lambda: path)
+    settings = Settings()
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    dialog.backend.remote.setChecked(True)
+    dialog.backend.urls.setPlainText("http://127.0.0.1:30000\nhttp://127.0.0.1:30001")
+    dialog.accept()
+    saved = Settings.load(path)
+    assert saved.backend == "remote"
+    assert saved.backend_urls == ["http://127.0.0.1:30000", "http://127.0.0.1:30001"]
