@@ -15,12 +15,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, PngImagePlugin
-
 import engine.args as rules
 from app.remote import RemoteBackend, RemoteOptions, api_key, split_urls
 from engine import cli as local
+from engine import imagefile
+from engine.batch import parse_seeds
 from engine.errors import BadInput, StudioError
 from engine.protocol import (
     TERMINAL,
@@ -195,7 +194,7 @@ def request_for(options: argparse.Namespace) -> Request:
         mask = local.read_mask(options.mask) if options.mask else None
         return Edit(
             job,
-            read_image(options.image),
+            imagefile.read_image(options.image),
             options.instruction,
             mask=mask,
             cfg_text_scale=options.cfg_text_scale,
@@ -208,7 +207,7 @@ def request_for(options: argparse.Namespace) -> Request:
 def ask_request(job: str, options: argparse.Namespace) -> Understand:
     if not options.question.strip() and not options.image:
         raise BadInput(rules.NO_QUESTION)
-    images = tuple(read_image(path) for path in options.image)
+    images = tuple(imagefile.read_image(path) for path in options.image)
     mask = local.read_mask(options.mask) if options.mask else None
     if mask is not None and images:
         from engine.masking import validate_mask
@@ -235,7 +234,7 @@ async def run_one(options: argparse.Namespace, out) -> int:
             out.flush()
         elif isinstance(event, ImageResult):
             bar.close()
-            save_image(options.out, event.image, event.metadata, event.thinking)
+            imagefile.save_image(options.out, event.image, event.metadata, thinking=event.thinking)
             if event.thinking:
                 out.write(event.thinking + "\n")
             out.write(f"{options.out}\n")
@@ -254,11 +253,9 @@ async def run_one(options: argparse.Namespace, out) -> int:
 async def run_batch(options: argparse.Namespace, out) -> int:
     try:
         prompts = [line.strip() for line in options.prompts.read_text("utf-8").splitlines()]
-        seeds = [rules.check("seed", seed) for seed in seed_list(options.seeds)]
+        seeds = parse_seeds(options.seeds)
     except OSError:
         raise BadInput(f"The prompt list {options.prompts} cannot be read.") from None
-    except ValueError:
-        raise BadInput(f"The seeds must look like 1-4 or 1,5,9, not {options.seeds!r}.") from None
     prompts = [prompt for prompt in prompts if prompt]
     if not prompts:
         raise BadInput(f"The prompt list {options.prompts} holds no prompts.")
@@ -279,7 +276,7 @@ async def run_batch(options: argparse.Namespace, out) -> int:
     def save(event: Event) -> None:
         if isinstance(event, ImageResult) and event.job_id in items:
             path = items[event.job_id][1]
-            save_image(path, event.image, event.metadata, event.thinking)
+            imagefile.save_image(path, event.image, event.metadata, thinking=event.thinking)
             out.write(f"{path}\n")
             out.flush()
 
@@ -292,41 +289,6 @@ async def run_batch(options: argparse.Namespace, out) -> int:
         request, path = items[event.job_id]
         print(f"error: {path.name} ({request.prompt[:40]!r}): {event.message}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def save_image(path: Path, image: np.ndarray, metadata: dict[str, str], thinking: str | None):
-    """The result with its metadata (and thinking) as PNG text chunks, as the local CLI writes."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in {**metadata, **({"thinking": thinking} if thinking else {})}.items():
-        info.add_itxt(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    png = path.suffix.lower() == ".png"
-    Image.fromarray(image).save(path, format="PNG" if png else None, pnginfo=info if png else None)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file as [H, W, 3] uint8 (transparency over white), or one sentence."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise BadInput(f"There is no image {path}.") from None
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError):
-        raise BadInput(f"{path} is not a readable image.") from None
-
-
-def seed_list(text: str) -> list[int]:
-    """`1-4` or `1,5,9` (or both, `1-3,7`) as seeds, in order; ValueError for anything else."""
-    seeds = []
-    for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        seeds += range(int(first), int(last) + 1) if dash else [int(first)]
-    return seeds
 
 
 def report(event: Event) -> int:
