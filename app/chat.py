@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
+from engine.buckets import understanding_size
 from engine.protocol import (
     ChatTurn,
     Event,
@@ -55,25 +56,6 @@ class Message:
     seed: int = 0
     job_id: str = ""
     error: str = ""  # the engine's sentence when the answer failed
-
-
-def understanding_size(height: int, width: int, n_images: int = 1) -> tuple[int, int]:
-    """The official smart_resize target (multiples of 32, 128²..800² px, 448² for several).
-
-    The same rule as engine/vision.py, which the GUI cannot import (it loads torch)."""
-    factor, min_pixels = 32, 128 * 128
-    max_pixels = (800 if n_images <= 1 else 448) ** 2
-    h = max(round(height / factor) * factor, factor)
-    w = max(round(width / factor) * factor, factor)
-    if h * w > max_pixels:
-        s = math.sqrt(max_pixels / (height * width))
-        h = max(math.floor(height * s / factor) * factor, factor)
-        w = max(math.floor(width * s / factor) * factor, factor)
-    elif h * w < min_pixels:
-        s = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * s / factor) * factor
-        w = math.ceil(width * s / factor) * factor
-    return h, w
 
 
 def image_tokens(height: int, width: int, n_images: int = 1) -> int:

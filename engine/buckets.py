@@ -1,10 +1,14 @@
-"""The official edit crop sizes ("buckets") and the aspect rule that picks one.
+"""The official image sizes: edit crop sizes ("buckets") with the aspect rule that picks one,
+and the understanding resize target.
 
 Torch-free (standard library only), so the GUI process can plan a masked edit too: the remote
-backend crops and composites locally around a server's edit (app/remote.py).
+backend crops and composites locally around a server's edit (app/remote.py), and the chat
+counts an image's tokens before sending (app/chat.py).
 """
 
 from __future__ import annotations
+
+import math
 
 
 def edit_buckets(
@@ -35,3 +39,20 @@ def nearest_bucket(width: float, height: float, buckets: list[tuple[int, int]] |
         return min(rw, rh) / max(rw, rh), size
 
     return max(buckets or edit_buckets(), key=score)
+
+
+def understanding_size(height: int, width: int, n_images: int = 1) -> tuple[int, int]:
+    """Official smart_resize target (h, w): multiples of 32, 128²..800² pixels (448² if several)."""
+    factor, min_pixels = 32, 128 * 128
+    max_pixels = (800 if n_images <= 1 else 448) ** 2
+    h = max(round(height / factor) * factor, factor)
+    w = max(round(width / factor) * factor, factor)
+    if h * w > max_pixels:
+        s = math.sqrt(max_pixels / (height * width))
+        h = max(math.floor(height * s / factor) * factor, factor)
+        w = max(math.floor(width * s / factor) * factor, factor)
+    elif h * w < min_pixels:
+        s = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * s / factor) * factor
+        w = math.ceil(width * s / factor) * factor
+    return h, w

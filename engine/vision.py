@@ -19,29 +19,16 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from engine.buckets import edit_buckets, nearest_bucket  # noqa: F401 (moved there, torch-free)
+from engine.buckets import (  # noqa: F401 (moved there, torch-free)
+    edit_buckets,
+    nearest_bucket,
+    understanding_size,
+)
 from engine.errors import BadCheckpoint, BadInput
 from engine.imagefile import MAX_PIXELS, read_image  # noqa: F401 (moved there, torch-free)
 
 # ---------------------------------------------------------------------------------------------
 # Resize and crop rules
-
-
-def understanding_size(height: int, width: int, n_images: int = 1) -> tuple[int, int]:
-    """Official smart_resize target (h, w): multiples of 32, 128²..800² pixels (448² if several)."""
-    factor, min_pixels = 32, 128 * 128
-    max_pixels = (800 if n_images <= 1 else 448) ** 2
-    h = max(round(height / factor) * factor, factor)
-    w = max(round(width / factor) * factor, factor)
-    if h * w > max_pixels:
-        s = math.sqrt(max_pixels / (height * width))
-        h = max(math.floor(height * s / factor) * factor, factor)
-        w = max(math.floor(width * s / factor) * factor, factor)
-    elif h * w < min_pixels:
-        s = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * s / factor) * factor
-        w = math.ceil(width * s / factor) * factor
-    return h, w
 
 
 def resize_for_understanding(image: np.ndarray, n_images: int = 1) -> np.ndarray:
