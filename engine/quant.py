@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.backbone import _copy_into  # the bf16 loader's shape-checked copy
 from engine.errors import BadCheckpoint, BadInput
 
 PRECISIONS = ("bf16", "int8", "int4")
@@ -574,7 +575,7 @@ class _StreamLoader:
         if isinstance(module, QuantWeight):
             self._take_quantized(module, module_path, leaf, expert, tensor, name)
         else:
-            self._copy(getattr(module, leaf), expert, tensor, name)
+            _copy_into(getattr(module, leaf), expert, tensor, name)
             self._mark(f"{module_path}.{leaf}", expert)
 
     def _take_quantized(self, module, path, leaf, expert, tensor, name) -> None:
@@ -623,16 +624,6 @@ class _StreamLoader:
         if len(slot) == 2:
             del self.fp8[weight_name]
             self.take(weight_name, dequantize_fp8(slot["weight"], slot["scale"]))
-
-    def _copy(self, target: Tensor, expert, tensor: Tensor, name: str) -> None:
-        slot = target if expert is None else target[expert]
-        if tuple(slot.shape) != tuple(tensor.shape):
-            raise BadCheckpoint(
-                f"Tensor {name} has shape {list(tensor.shape)} but config.json implies "
-                f"{list(slot.shape)}."
-            )
-        with torch.no_grad():
-            slot.copy_(tensor)
 
     def _mark(self, key: str, expert) -> None:
         self.filled.setdefault(key, set()).add(expert)
