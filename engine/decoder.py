@@ -181,15 +181,57 @@ def load_dit(folder: Path, cap_feat_dim: int, device, dtype) -> ZImageTransforme
     config = dit_config(read_json(folder / "config.json", "decoder config"), cap_feat_dim)
     with torch.device("meta"):
         model = build_dit(config)
-
-    def rename(key: str) -> str:
-        if key.startswith("semantic_embedder."):
-            return "cap_embedder." + key[len("semantic_embedder.") :]
-        return key
-
-    state = read_safetensors(_dit_files(folder), rename=rename, device=device, dtype=dtype)
+    state = read_safetensors(_dit_files(folder), rename=dit_key, device=device, dtype=dtype)
     load_strict(model, state, f"{folder.name} transformer")
     return model.eval()
+
+
+def load_dit_quantized(
+    folder: Path, cap_feat_dim: int, device, dtype, *, bits: int = 8, finished: bool = True
+) -> ZImageTransformer2DModel:
+    """The transformer with int`bits` linear layers, filled one tensor at a time.
+
+    Built on the meta device, its linears swapped for QuantLinear from outside the model file
+    (engine/quant.py), allocated once on `device`, then each tensor streams in from the mapped
+    files: a bf16 folder's weights are quantized as they are read, a quantized folder's int8
+    parts are copied as stored (no re-quantizing). The bf16 transformer is never held whole.
+    `finished` is False for a folder without quantization.json (its stored parts are refused).
+    """
+    from engine import quant
+    from engine.checkpoint import read_header
+
+    device = torch.device(device)
+    config = dit_config(read_json(folder / "config.json", "decoder config"), cap_feat_dim)
+    files = _dit_files(folder)
+    for file in files:  # a cut-short file gets the checkpoint's sentence, not a buffer error
+        read_header(file, folder.parent)
+    with torch.device("meta"):
+        model = nn.Module.to(build_dit(config), dtype)  # diffusers' own .to() warns of casts
+    quant.quantize_linears(model, bits)
+    model.to_empty(device=device)
+    unquantized = None if finished else folder.parent
+    quant.stream_into(model, files, device, rename=dit_key, unquantized=unquantized)
+    quant.pack_model(model, dtype)
+    return model.eval().requires_grad_(False)
+
+
+def dit_key(key: str) -> str:
+    """The official checkpoint's name -> diffusers' (the one rename: semantic_ -> cap_embedder)."""
+    if key.startswith("semantic_embedder."):
+        return "cap_embedder." + key[len("semantic_embedder.") :]
+    return key
+
+
+def stored_quantized(folder: Path) -> bool:
+    """Whether the decoder folder's files hold quantized linears (written by `quantize`); False
+    where they cannot be read, so that the plain loader says what is wrong, in its order."""
+    from engine.checkpoint import read_header
+
+    try:
+        files = _dit_files(folder)
+        return any(n.endswith(".qweight") for f in files for n in read_header(f, folder.parent))
+    except BadCheckpoint:
+        return False
 
 
 def _dit_files(folder: Path) -> list[Path]:
@@ -276,9 +318,18 @@ class ImageDecoder:
     between decodes and `decode` loads whatever is missing.
     """
 
-    def __init__(self, root: Path, *, turbo: bool = True, device="cpu", dtype=torch.float32):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        turbo: bool = True,
+        device="cpu",
+        dtype=torch.float32,
+        dit_bits: int | None = None,
+    ):
         self.root = Path(root)
         self.turbo = turbo
+        self.dit_bits = dit_bits  # 8: int8 linears; None: as stored (a quantized folder: int8)
         self.device = torch.device(device)
         self.dtype = dtype
         self.dit_folder = self.root / ("decoder-turbo" if turbo else "decoder")
@@ -300,7 +351,17 @@ class ImageDecoder:
     def load_dit(self) -> ZImageTransformer2DModel:
         if self.dit is None:
             width = self.load_sigvq().prior_token_embedding.embedding_dim
-            self.dit = load_dit(self.dit_folder, width, self.device, self.dtype)
+            folder, device, dtype = self.dit_folder, self.device, self.dtype
+            if self.dit_bits or stored_quantized(folder):
+                from engine.quant import read_manifest
+
+                finished = read_manifest(self.root) is not None
+                bits = self.dit_bits or 8
+                self.dit = load_dit_quantized(
+                    folder, width, device, dtype, bits=bits, finished=finished
+                )
+            else:
+                self.dit = load_dit(folder, width, device, dtype)
         return self.dit
 
     def load_vae(self) -> AutoencoderKL:

@@ -236,11 +236,11 @@ class Pipeline:
         if self.decoder is None or self.decoder.turbo != turbo:
             part = "decoder_turbo" if turbo else "decoder"
             validate_model_folder(self.root, parts=(part, "vae"))
-            self.decoder = ImageDecoder(
-                self.root, turbo=turbo, device=self.device, dtype=self.dtype
-            )
-            if self.settings and self.settings.decoder == "int8":
-                quant.quantize_loaded(self.decoder.load_dit(), 8)
+            int8 = self.settings is not None and self.settings.decoder == "int8"
+            self.decoder = ImageDecoder(  # int8: quantized as it streams in, or as stored
+                self.root, turbo=turbo, device=self.device, dtype=self.dtype,
+                dit_bits=8 if int8 else None,
+            )  # fmt: skip
         return self.decoder
 
     def unload(self) -> None:

@@ -338,6 +338,38 @@ def quantize_loaded(
 ) -> nn.Module:
     """Quantize an already loaded model in place, one layer at a time (decoder, vision encoder)."""
     dtype = next(model.parameters()).dtype
+    for module, child_name, child in linears_to_quantize(model, bits, skip):
+        has_bias = child.bias is not None
+        with torch.device(child.weight.device):  # allocated where it will run
+            quant = QuantLinear(child.in_features, child.out_features, bits, group, has_bias)
+        quant.fill(quantize(child.weight.detach(), bits, quant.group or group))
+        if has_bias:
+            quant.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
+        quant.pack(dtype)
+        setattr(module, child_name, quant)
+    return model
+
+
+def quantize_linears(
+    model: nn.Module, bits: int, group: int = DEFAULT_GROUP, skip=keep_in_bf16
+) -> nn.Module:
+    """Swap the linears `quantize_loaded` would quantize (biased ones too) for empty QuantLinears.
+
+    For a model on the meta device whose weights then stream in (the decoder transformer); each
+    bias keeps its linear's dtype. Returns the model.
+    """
+    for module, child_name, child in linears_to_quantize(model, bits, skip):
+        has_bias = child.bias is not None
+        with torch.device(child.weight.device):
+            quant = QuantLinear(child.in_features, child.out_features, bits, group, has_bias)
+            if has_bias:
+                quant.bias = nn.Parameter(torch.empty_like(child.bias), requires_grad=False)
+        setattr(module, child_name, quant)
+    return model
+
+
+def linears_to_quantize(model: nn.Module, bits: int, skip=keep_in_bf16):
+    """(parent, child name, nn.Linear) for each linear that int`bits` replaces, biased or not."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
@@ -345,15 +377,7 @@ def quantize_loaded(
                 continue
             if child.in_features % 32 and bits == 4:
                 continue  # no int4 kernel for this width: keep it
-            has_bias = child.bias is not None
-            with torch.device(child.weight.device):  # allocated where it will run
-                quant = QuantLinear(child.in_features, child.out_features, bits, group, has_bias)
-            quant.fill(quantize(child.weight.detach(), bits, quant.group or group))
-            if has_bias:
-                quant.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
-            quant.pack(dtype)
-            setattr(module, child_name, quant)
-    return model
+            yield module, child_name, child
 
 
 def pack_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -552,6 +576,25 @@ def mapped_tensors(path: Path):
             pass
 
 
+def stream_into(
+    model: nn.Module,
+    files: list[Path],
+    device: torch.device,
+    rename: Callable[[str], str] = lambda key: key,
+    unquantized: Path | None = None,
+) -> None:
+    """Fill a model that has its quantized modules in place and is allocated on `device` from
+    safetensors files, one tensor at a time, strictly (every tensor known, none missing): bf16
+    weights are quantized as they are read, stored quantized parts are copied as they are.
+    `unquantized` is the folder when it has no manifest (stored parts there: an unfinished one).
+    For models without experts (the decoder transformer); load_backbone does the backbone."""
+    loader = _StreamLoader(model, 0, DEFAULT_GROUP, unquantized)
+    for file in files:
+        for name, tensor in mapped_tensors(file):
+            loader.take(rename(name), tensor.to(device))
+    loader.finish()
+
+
 class _StreamLoader:
     """Puts each checkpoint tensor where it belongs, quantizing or dequantizing on the way."""
 
@@ -572,11 +615,11 @@ class _StreamLoader:
             module = _submodule(self.model, module_path)
         if module is None or not (isinstance(module, QuantWeight) or hasattr(module, leaf)):
             raise BadCheckpoint(f"The checkpoint holds a tensor this model does not know: {name}.")
-        if isinstance(module, QuantWeight):
+        if isinstance(module, QuantWeight) and leaf != "bias":  # a QuantLinear's bias: a copy
             self._take_quantized(module, module_path, leaf, expert, tensor, name)
         else:
             _copy_into(getattr(module, leaf), expert, tensor, name)
-            self._mark(f"{module_path}.{leaf}", expert)
+            self._mark(f"{module_path}.{leaf}" if module_path else leaf, expert)  # top level too
 
     def _take_quantized(self, module, path, leaf, expert, tensor, name) -> None:
         if leaf in PART_NAMES:
