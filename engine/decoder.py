@@ -181,7 +181,7 @@ def load_dit(folder: Path, cap_feat_dim: int, device, dtype) -> ZImageTransforme
     config = dit_config(read_json(folder / "config.json", "decoder config"), cap_feat_dim)
     with torch.device("meta"):
         model = build_dit(config)
-    state = read_safetensors(_dit_files(folder), rename=dit_key, device=device, dtype=dtype)
+    state = read_safetensors(dit_files(folder), rename=dit_key, device=device, dtype=dtype)
     load_strict(model, state, f"{folder.name} transformer")
     return model.eval()
 
@@ -202,7 +202,7 @@ def load_dit_quantized(
 
     device = torch.device(device)
     config = dit_config(read_json(folder / "config.json", "decoder config"), cap_feat_dim)
-    files = _dit_files(folder)
+    files = dit_files(folder)
     for file in files:  # a cut-short file gets the checkpoint's sentence, not a buffer error
         read_header(file, folder.parent)
     with torch.device("meta"):
@@ -228,13 +228,13 @@ def stored_quantized(folder: Path) -> bool:
     from engine.checkpoint import read_header
 
     try:
-        files = _dit_files(folder)
+        files = dit_files(folder)
         return any(n.endswith(".qweight") for f in files for n in read_header(f, folder.parent))
     except BadCheckpoint:
         return False
 
 
-def _dit_files(folder: Path) -> list[Path]:
+def dit_files(folder: Path) -> list[Path]:
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
         weight_map = read_json(indexes[0], "decoder index").get("weight_map", {})

@@ -3,7 +3,9 @@
 Same layout as the source (config.json, tokenizer, sharded safetensors with an index, the vision
 and decoder folders), with each quantized weight `X.weight` stored as `X.qweight`, `X.scale`
 (and `X.minv` for int4) in the device-neutral format of engine/quant.py, plus a manifest,
-quantization.json, saying what was quantized and how. The backbone streams one tensor at a time.
+quantization.json, saying what was quantized and how. The backbone streams one tensor at a time;
+with --decoder-bits 8 the decoder transformers are stored int8 too, streamed tensor by tensor
+(engine/quantize_decoder.py). Unchanged files are hard links.
 
 Cancel-safe: everything is written into a hidden `.NAME.partial` folder next to the output, the
 manifest last, and the folder is renamed to its name only at the end; a cancelled or failed run
@@ -78,8 +80,10 @@ def quantize_folder(
         raise BadInput(f"The folder {out.parent} for the output does not exist.")
     tensors = tensor_index(root)
     shards = sorted({info.file for info in tensors.values()})
-    others = [p for p in _other_files(root, shards)]
+    decoder_files, rewritten = _decoder_plan(root, decoder_bits)
+    others = [p for p in _other_files(root, shards) if p not in rewritten]
     need = output_bytes(tensors, bits, group) + MARGIN_BYTES
+    need += sum(item.out_bytes for item in decoder_files)
     if not _same_disk(root, out.parent):
         need += sum(p.stat().st_size for p in others)
     free = shutil.disk_usage(out.parent).free
@@ -92,16 +96,61 @@ def quantize_folder(
     if partial.exists():  # left by a run that was killed: ours, by its name
         shutil.rmtree(partial)
     partial.mkdir()
+    progress = _Progress(on_progress, shards, decoder_files)
     try:
         _link_others(root, others, partial)
         _write_config(root, partial)
-        _write_shards(root, shards, partial, bits, group, device, on_progress)
-        _write_manifest(partial, root, bits, decoder_bits, group)
+        _write_shards(root, shards, partial, bits, group, device, progress)
+        if decoder_files:
+            from engine import quantize_decoder
+
+            quantize_decoder.write(partial, decoder_files, device, progress.ticker)
+        _write_manifest(partial, root, bits, decoder_bits, group, decoder_files)
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _decoder_plan(root: Path, decoder_bits: int) -> tuple[list, set[Path]]:
+    """The decoder files to store in int8 (none at 16 bits), and the source files they replace."""
+    if decoder_bits == 16:
+        return [], set()
+    from engine import quantize_decoder  # diffusers: only when the decoder is quantized
+
+    files = quantize_decoder.plan(root)
+    return files, {item.source for item in files} | set(quantize_decoder.index_files(root))
+
+
+class _Progress:
+    """Progress in units of one backbone shard; a decoder file counts as many units as it holds
+    shards' worth of bytes, and advances as its tensors are read."""
+
+    def __init__(self, on_progress, shards: list[Path], decoder_files: list) -> None:
+        self.on_progress = on_progress
+        unit = max((p.stat().st_size for p in shards), default=1) or 1
+        self.units = {id(f): max(1, round(f.data_bytes / unit)) for f in decoder_files}
+        self.total = len(shards) + sum(self.units.values())
+        self.done = 0
+
+    def step(self, units: int = 1) -> None:
+        self.done += units
+        if self.on_progress:
+            self.on_progress(self.done, self.total)
+
+    def ticker(self, item) -> Callable[[int], None]:
+        """For one decoder file: told the bytes read after each tensor, steps in proportion."""
+        units, size, state = self.units[id(item)], item.data_bytes, {"read": 0, "sent": 0}
+
+        def tick(read: int) -> None:
+            state["read"] += read
+            due = units if state["read"] >= size else units * state["read"] // size
+            if due > state["sent"]:
+                self.step(due - state["sent"])
+                state["sent"] = due
+
+        return tick
 
 
 def _other_files(root: Path, shards: list[Path]) -> list[Path]:
@@ -140,18 +189,16 @@ def _write_config(root: Path, target: Path) -> None:
     (target / "config.json").write_text(json.dumps(raw, indent=2))
 
 
-def _write_shards(root, shards, target, bits, group, device, on_progress) -> None:
-    total = len(shards)
+def _write_shards(root, shards, target, bits, group, device, progress: _Progress) -> None:
     weight_map: dict[str, str] = {}
     size = 0
     fp8: dict[str, dict[str, torch.Tensor]] = {}  # FP8 weights waiting for their scales
-    for done, shard in enumerate(shards, 1):
+    for shard in shards:
         tensors = _quantize_shard(shard, bits, group, device, fp8)
         save_file(tensors, str(target / shard.name), metadata={"format": "pt"})
         weight_map |= dict.fromkeys(tensors, shard.name)
         size += sum(t.numel() * t.element_size() for t in tensors.values())
-        if on_progress:
-            on_progress(done, total)
+        progress.step()
     if fp8:
         name = next(iter(fp8))
         lacks = "its weight_scale_inv" if "weight" in fp8[name] else "its weight"
@@ -198,7 +245,7 @@ def _quantize_tensor(name: str, tensor: torch.Tensor, bits: int, group: int) -> 
     return {f"{base}.{k}": v.cpu().contiguous() for k, v in parts.items()}
 
 
-def _write_manifest(target: Path, source: Path, bits: int, decoder_bits: int, group: int):
+def _write_manifest(target, source, bits, decoder_bits, group, decoder_files) -> None:
     manifest = {
         "format": quant.FORMAT,
         "version": 1,
@@ -212,12 +259,25 @@ def _write_manifest(target: Path, source: Path, bits: int, decoder_bits: int, gr
             "quantized": "every linear layer of the layers, routed and shared experts",
             "kept_bf16": ["word embeddings", "lm_head", "router", "norms"],
         },
-        "decoder": {
-            "bits": decoder_bits,
-            "applied": "stored bf16; its linear layers are quantized to int8 as they load"
-            if decoder_bits == 8
-            else "bf16",
-        },
+        "decoder": _decoder_manifest(decoder_bits, decoder_files),
         "torch": torch.__version__,
     }
     (target / quant.MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _decoder_manifest(decoder_bits: int, decoder_files: list) -> dict:
+    if decoder_bits == 16:
+        return {
+            "bits": 16,
+            "stored": "bf16",
+            "applied": "stored as the source (linked); the memory plan may quantize its linear "
+            "layers to int8 as they load",
+        }
+    return {
+        "bits": 8,
+        "stored": "int8",
+        "parts": sorted({item.relative.parts[0] for item in decoder_files}),
+        "scheme": "int8 symmetric per output channel (qweight int8, scale bf16)",
+        "quantized": "every linear layer of the transformer but its embedders",
+        "kept_as_stored": ["embedders", "norms", "biases", "pad tokens"],
+    }
