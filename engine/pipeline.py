@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from engine import args, masking, quant, residency, text, vision
+from engine import args, masking, quant, residency, streaming, text, vision
 from engine.args import NO_INSTRUCTION, NO_PROMPT, NO_QUESTION, THRESHOLD_OFF
 from engine.backbone import Backbone, load_backbone
 from engine.checkpoint import find_model_folder, validate_model_folder
@@ -210,7 +210,9 @@ class Pipeline:
                 on_progress(STAGE_LOAD, done, total)
 
         settings = residency.resolve(found.root, dev, precision, vram)
-        if settings.precision == "bf16" and quant.folder_precision(found.root) == "bf16":
+        if streaming.streams(settings):  # < 12 GB: the experts stay in pinned host memory
+            backbone = streaming.load_backbone(found.root, dev, dtype, settings, shard_done)
+        elif settings.precision == "bf16" and quant.folder_precision(found.root) == "bf16":
             backbone = load_backbone(found.root, dev, dtype, on_progress=shard_done)
         else:  # quantized as it streams in, an FP8 checkpoint, or a quantized folder
             backbone = quant.load_backbone(
@@ -241,6 +243,7 @@ class Pipeline:
                 self.root, turbo=turbo, device=self.device, dtype=self.dtype,
                 dit_bits=8 if int8 else None,
             )  # fmt: skip
+            streaming.stream_decoder(self)  # < 12 GB: its blocks stream from host memory
         return self.decoder
 
     def unload(self) -> None:

@@ -307,6 +307,8 @@ class Settings:
 
     def describe(self) -> str:
         where = f", plan {self.plan.preset.name} ({self.plan.preset.mode})" if self.plan else ""
+        if self.plan and self.plan.preset.mode == "stream":
+            where += "; slow: experts and decoder blocks stream from host memory"
         return f"backbone {self.precision}, decoder {self.decoder}{where}"
 
 
@@ -351,7 +353,7 @@ def fitting_advice(config, folder: Path | None, budget: int) -> str:
 
 def loaded_sizes(pipeline) -> str:
     """What is loaded, where and at what size: "backbone int4 9.1 GiB on cuda:0, ..."."""
-    from engine import quant
+    from engine import quant, streaming
 
     parts = [("backbone", pipeline.backbone), ("image tokenizer", pipeline.image_tokenizer)]
     decoder = pipeline.decoder
@@ -366,7 +368,8 @@ def loaded_sizes(pipeline) -> str:
         if tensor is not None and where == "cpu" and tensor.is_pinned():
             where = "pinned host"
         precision = _precision_of(module)
-        shown.append(f"{name} {precision} {quant.weight_bytes(module) / GIB:.2f} GiB on {where}")
+        size = f"{quant.weight_bytes(module) / GIB:.2f} GiB on {where}"
+        shown.append(f"{name} {precision} {size}{streaming.describe(module)}")
     return ", ".join(shown) or "nothing"
 
 
@@ -418,8 +421,11 @@ def take_turn(pipeline, phase: str) -> None:
     backbone_parts = [pipeline.backbone, pipeline.image_tokenizer]
     away, here = (decoder_parts, backbone_parts) if phase == "backbone" else (
         backbone_parts, decoder_parts)  # fmt: skip
+    from engine import streaming
+
     for module in away:
         if module is not None:
+            streaming.release(module)  # a prefetched decoder block leaves the device too
             to_pinned_host(module)
     import torch
 
