@@ -63,6 +63,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"  # "auto": the memory plan picks by the GPU's memory
     vram_preset: str = "auto"
+    allow_lower_preset: bool = False  # out of GPU memory in a job: reload once at a smaller preset
     results_folder: str = ""  # "" = default_results_folder()
     theme: str = "system"
     brush_size: int = 40  # px on the image
@@ -95,13 +96,15 @@ class Settings:
 
     def load_request(self, folder: str | None = None) -> LoadModel:
         """The LoadModel that loads `folder` (default: the settings' model) as these settings say:
-        device, precision and VRAM preset (all "auto" leave the choice to the memory plan)."""
+        device, precision and VRAM preset (all "auto" leave the choice to the memory plan), and
+        whether a job that runs out of GPU memory may retry once at a smaller preset."""
         return LoadModel(
             new_job_id(),
             folder or self.model_folder,
             self.device,
             precision=None if self.precision == "auto" else self.precision,
             vram=VRAM_GIB.get(self.vram_preset),
+            allow_lower_preset=self.allow_lower_preset,
         )
 
     @property

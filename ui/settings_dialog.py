@@ -27,14 +27,14 @@ from PySide6.QtWidgets import (
 from app.settings import DEVICES, PRECISIONS, THEMES, VRAM_PRESETS, Settings
 from ui.backend_page import BackendPage
 
-# Changing one of these reloads the engine's model.
-RELOAD_FIELDS = ("model_folder", "device", "precision", "vram_preset")
+# Changing one of these reloads the engine's model (the engine takes them with LoadModel).
+RELOAD_FIELDS = ("model_folder", "device", "precision", "vram_preset", "allow_lower_preset")
 
 
 class SettingsDialog(QDialog):
     """Edits a copy of the settings; OK stores it back and emits what changed."""
 
-    reload_needed = Signal()  # the model, device, precision or VRAM preset changed
+    reload_needed = Signal()  # the model, device, precision, VRAM preset or lower preset changed
     theme_changed = Signal(str)
 
     def __init__(self, settings: Settings, parent: QWidget | None = None):
@@ -86,6 +86,13 @@ class SettingsDialog(QDialog):
             self.vram.addItem(preset, preset)
             self.vram.setItemData(self.vram.count() - 1, meaning, 3)  # Qt.ToolTipRole
         self.vram.setToolTip(self.tr("How much of the model stays on the GPU"))
+        self.allow_lower = QCheckBox(
+            self.tr("Allow a lower preset after running out of GPU memory")
+        )
+        self.allow_lower.setToolTip(self.tr(
+            "When a job runs out of GPU memory, reload the model once at the next smaller preset "
+            "(less precision, or backbone and decoder taking turns) and run the job again. "
+            "Off: the job fails and says which preset would fit."))  # fmt: skip
         self.results_folder = QLineEdit(placeholderText=str(self.settings.results_path))
         self.results_folder.setToolTip(self.tr("Where every result and the history are saved"))
         form = QFormLayout()
@@ -93,6 +100,7 @@ class SettingsDialog(QDialog):
         form.addRow(self.tr("Device"), self.device)
         form.addRow(self.tr("Precision"), self.precision)
         form.addRow(self.tr("VRAM preset"), self.vram)
+        form.addRow("", self.allow_lower)
         form.addRow(self.tr("Results folder"), self._with_browse(self.results_folder))
         return self._page(form)
 
@@ -148,6 +156,7 @@ class SettingsDialog(QDialog):
         self.device.setCurrentText(s.device)
         self.precision.setCurrentText(s.precision)
         self.vram.setCurrentIndex(max(0, self.vram.findData(s.vram_preset)))
+        self.allow_lower.setChecked(s.allow_lower_preset)
         self.results_folder.setText(s.results_folder)
         self.theme.setCurrentText(s.theme)
         self.brush_size.setValue(s.brush_size)
@@ -173,6 +182,7 @@ class SettingsDialog(QDialog):
             device=self.device.currentText().strip() or "auto",
             precision=self.precision.currentText(),
             vram_preset=self.vram.currentData(),
+            allow_lower_preset=self.allow_lower.isChecked(),
             results_folder=self.results_folder.text().strip(),
             theme=self.theme.currentText(),
             brush_size=self.brush_size.value(),

@@ -45,3 +45,16 @@ def test_the_model_loads_with_the_chosen_device_precision_and_vram_preset():
         "/other", "cuda:1", "int4", 16.0
     )  # fmt: skip
     assert request.job_id != small.load_request().job_id
+
+
+def test_a_lower_preset_after_running_out_of_memory_is_off_until_chosen(tmp_path):
+    path = tmp_path / "settings.json"
+    assert Settings().allow_lower_preset is False
+    assert Settings(model_folder="/m").load_request().allow_lower_preset is False
+    chosen = Settings(model_folder="/m", allow_lower_preset=True)
+    chosen.save(path)
+    loaded = Settings.load(path)
+    assert loaded.allow_lower_preset is True
+    assert loaded.load_request("/other").allow_lower_preset is True
+    path.write_text('{"allow_lower_preset": "yes"}')  # a wrong type falls back to off alone
+    assert Settings.load(path).allow_lower_preset is False

@@ -58,3 +58,24 @@ def test_the_backend_tab_stores_remote_servers(qtbot, tmp_path, monkeypatch):
     saved = Settings.load(path)
     assert saved.backend == "remote"
     assert saved.backend_urls == ["http://127.0.0.1:30000", "http://127.0.0.1:30001"]
+
+
+def test_allowing_a_lower_preset_is_saved_and_reloads_with_it(qtbot, tmp_path, monkeypatch):
+    path = tmp_path / "settings.json"
+    monkeypatch.setattr("app.settings.default_path", lambda: path)
+    settings = Settings(model_folder="/models/uni")
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    assert not dialog.allow_lower.isChecked()  # off by default
+    assert "out of GPU memory" in dialog.allow_lower.text()
+    assert "smaller preset" in dialog.allow_lower.toolTip()
+    client = EngineClient()
+    dialog.reload_needed.connect(lambda: reload_model(client, settings))
+    dialog.allow_lower.setChecked(True)
+    dialog.accept()
+    assert Settings.load(path).allow_lower_preset is True
+    (request,) = client.queued
+    assert isinstance(request, p.LoadModel) and request.allow_lower_preset is True
+    again = SettingsDialog(settings)  # shows the stored choice
+    qtbot.addWidget(again)
+    assert again.allow_lower.isChecked()
