@@ -8,13 +8,20 @@ The leading `...` is the expert dimension of a stacked expert weight. Kernels co
 device at `pack` time: int8 `_weight_int8pack_mm` (CPU and CUDA), int4
 `_weight_int4pack_mm_for_cpu` (CPU) or `_weight_int4pack_mm` (CUDA sm80+, tinygemm layout);
 anything else falls back to dequantize + matmul. `dequantize` is the reference in tests.
+Routed expert stacks on CUDA (sm80+, Triton importable) keep the neutral format and run
+engine/moe_triton.py's grouped kernel, one launch per projection over every hit expert;
+elsewhere they loop over the hit experts on the kernels above (`choose_experts_kernel`;
+with LLADA_MOE_KERNEL=loop|triton|auto or the `experts_kernel` argument of `pack`).
 Facts: shared/notes/stack.md §1 (kernels, the int8 alignment crash).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import mmap
+import os
 import re
 import struct
 import warnings
@@ -114,6 +121,32 @@ def inner_k_tiles(k: int) -> int:
     return next(t for t in (8, 4, 2) if k % (t * 16) == 0)
 
 
+MOE_KERNEL_ENV = "LLADA_MOE_KERNEL"  # "auto" (default), "triton" or "loop"
+MOE_KERNELS = ("auto", "triton", "loop")
+
+
+def choose_experts_kernel(device: torch.device, wanted: str | None = None) -> str:
+    """How expert stacks on `device` run: "triton" (one grouped launch per projection) or
+    "loop" (torch's kernels, once per hit expert).
+
+    `wanted` (else $LLADA_MOE_KERNEL, else "auto") may force either; "auto" picks Triton on
+    CUDA sm80+ when it can be imported (torch's CUDA wheels bring it), the loop elsewhere.
+    Forcing Triton on the CPU works only under TRITON_INTERPRET=1 (the tests).
+    """
+    wanted = wanted or os.environ.get(MOE_KERNEL_ENV) or "auto"
+    if wanted not in MOE_KERNELS:
+        raise ValueError(
+            f"{MOE_KERNEL_ENV} must be one of {', '.join(MOE_KERNELS)}, not {wanted!r}"
+        )
+    has_triton = importlib.util.find_spec("triton") is not None
+    if wanted == "triton" and not has_triton:
+        raise RuntimeError("the Triton experts kernel was asked for, but Triton is not installed")
+    if wanted != "auto":
+        return wanted
+    cuda_ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    return "triton" if cuda_ok and has_triton else "loop"
+
+
 def pack_int4(parts: dict[str, Tensor], dtype: torch.dtype, kind: str) -> tuple[Tensor, Tensor]:
     """One [N, K/2] int4 weight in the kernel's layout, and tinygemm's scale/zero [K/g, N, 2].
 
@@ -162,7 +195,7 @@ class QuantWeight(nn.Module):
             )
             self.register_buffer("scale", torch.empty(*lead, self.n, groups, dtype=STORE_DTYPE))
             self.register_buffer("minv", torch.empty(*lead, self.n, groups, dtype=STORE_DTYPE))
-        self.kind = "neutral"  # until pack(): "int8", "cpu", "cuda" or "dequant"
+        self.kind = "neutral"  # until pack(): "int8", "cpu", "cuda", "dequant" or "triton"
         self.compute_dtype = torch.bfloat16
         self.reference = False  # True: dequantize + matmul (the tests' reference)
 
@@ -182,10 +215,17 @@ class QuantWeight(nn.Module):
             with torch.no_grad():
                 target.copy_(value)
 
-    def pack(self, dtype: torch.dtype) -> None:
-        """Prepare the kernel form for the buffers' device and activations of `dtype`."""
+    def pack(self, dtype: torch.dtype, experts_kernel: str | None = None) -> None:
+        """Prepare the kernel form for the buffers' device and activations of `dtype`.
+
+        An expert stack bound for the Triton kernel (`experts_kernel`) keeps the neutral
+        buffers as they are (kind "triton"): the kernel reads them directly.
+        """
         self.compute_dtype = dtype
         device = self.qweight.device
+        if self.experts and choose_experts_kernel(device, experts_kernel) == "triton":
+            self.kind = "triton"
+            return
         self.register_buffer("scale_c", self.scale.to(dtype), persistent=False)
         if self.bits == 8:
             self.kind = "int8"
@@ -217,8 +257,8 @@ class QuantWeight(nn.Module):
 
     def matmul(self, x: Tensor, expert: int | None = None) -> Tensor:
         """x [M, K] -> [M, N] in x's dtype."""
-        if self.reference or self.kind in ("neutral", "dequant"):
-            return F.linear(x, self.dequantized(expert, x.dtype))
+        if self.reference or self.kind in ("neutral", "dequant", "triton"):
+            return F.linear(x, self.dequantized(expert, x.dtype))  # triton: one expert's only
         out_dtype = x.dtype
         x = x.to(self.compute_dtype).contiguous()
         if self.kind == "int8":
@@ -260,10 +300,12 @@ class QuantLinear(QuantWeight):
 
 
 class QuantExperts(nn.Module):
-    """Routed experts on quantized stacks; only the experts a step hits run, each on its kernel.
+    """Routed experts on quantized stacks; only the experts a step hits run.
 
-    Tokens are sorted by expert once; one host sync learns which experts were hit, and the
-    loop runs over those only (at most T*K of the E experts).
+    `kind` says how: "triton" (stacks packed for engine/moe_triton.py: one grouped launch per
+    projection, no host sync) or "loop" (tokens sorted by expert once, one host sync learns
+    which experts were hit, and a loop runs torch's kernels over those only, at most T*K of
+    the E experts). Every buffer keeps the expert as its leading dimension.
     """
 
     def __init__(self, experts: int, dim: int, width: int, bits: int, group: int = DEFAULT_GROUP):
@@ -273,8 +315,22 @@ class QuantExperts(nn.Module):
         self.up_proj = QuantWeight(width, dim, bits, experts, group)
         self.down_proj = QuantWeight(dim, width, bits, experts, group)
 
+    @property
+    def kind(self) -> str:
+        stacks = (self.gate_proj, self.up_proj, self.down_proj)
+        triton = all(s.kind == "triton" and not s.reference for s in stacks)
+        return "triton" if triton else "loop"
+
     def forward(self, x: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
         """x [T, D], weights/chosen [T, K] -> [T, D] fp32."""
+        if self.kind == "triton":
+            kernel = importlib.import_module("engine.moe_triton")  # Triton: only when used
+            x = x.to(self.gate_proj.compute_dtype)
+            return kernel.moe_forward(x, weights, chosen, self.gate_proj, self.up_proj,
+                                      self.down_proj)  # fmt: skip
+        return self._loop(x, weights, chosen)
+
+    def _loop(self, x: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
         T, K = chosen.shape
         flat = chosen.reshape(-1)
         order = flat.argsort(stable=True)
@@ -380,10 +436,13 @@ def linears_to_quantize(model: nn.Module, bits: int, skip=keep_in_bf16):
             yield module, child_name, child
 
 
-def pack_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def pack_model(
+    model: nn.Module, dtype: torch.dtype, experts_kernel: str | None = None
+) -> nn.Module:
+    """Pack every quantized weight for its device; `experts_kernel` as in QuantWeight.pack."""
     for module in model.modules():
         if isinstance(module, QuantWeight):
-            module.pack(dtype)
+            module.pack(dtype, experts_kernel)
     return model
 
 

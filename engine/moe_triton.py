@@ -1,0 +1,225 @@
+"""Routed experts on quantized stacks in one grouped Triton launch per projection (CUDA).
+
+The experts' weights stay in engine/quant.py's device-neutral format, so saved folders load as
+they are and nothing is repacked:
+  int8: `qweight` int8 [E, N, K], `scale` bf16 [E, N]                    w = q * scale
+  int4: `qweight` uint8 [E, N, K/2] (even column in the low nibble),
+        `scale`, `minv` bf16 [E, N, K/g]                                  w = q * scale + minv
+A step is two launches: gate and up together (h = silu(x Wg^T) * (x Wu^T)), then down. Each
+launch covers every hit expert. The assignments (token, slot) are sorted by expert and padded
+per expert to the block size on the device (`expert_blocks`), and the grid is sized by an upper
+bound on the number of blocks (ceil(T*K / BLOCK_M) + min(E, T*K)); blocks past the last
+expert's end exit at once. Nothing waits for the device, so a step can be captured in a CUDA
+graph. Weights are dequantized tile by tile in registers and multiplied with `tl.dot` in fp32
+accumulators; no expert is ever dequantized to memory.
+
+Triton is imported here only; engine/quant.py imports this module lazily, on CUDA (or when the
+tests force it under TRITON_INTERPRET=1 on the CPU). Only Triton features present from 3.3 on
+are used.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _weight_tile(w_cols, scale_at, minv_at, k, k_ok, n_ok, stride_wk, INT4: tl.constexpr):
+    """The weight tile w[expert, n, k] as [BLOCK_K, BLOCK_N] fp32 (int8: the raw codes).
+
+    w_cols: pointers to column k=0 of the tile's rows; scale_at, minv_at: pointers to their
+    int4 group's scale and minimum.
+    """
+    mask = k_ok[:, None] & n_ok[None, :]
+    if INT4:
+        at = w_cols[None, :] + (k[:, None] // 2) * stride_wk
+        byte = tl.load(at, mask=mask, other=0).to(tl.int32)
+        codes = (byte >> ((k[:, None] % 2) * 4)) & 0xF  # even column: low nibble
+        scale = tl.load(scale_at, mask=n_ok, other=0.0).to(tl.float32)
+        minv = tl.load(minv_at, mask=n_ok, other=0.0).to(tl.float32)
+        return codes.to(tl.float32) * scale[None, :] + minv[None, :]
+    else:
+        return tl.load(w_cols[None, :] + k[:, None] * stride_wk, mask=mask, other=0).to(tl.float32)
+
+
+@triton.jit
+def _dot(a, w, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ w with w rounded to a's dtype; UPCAST: the same products on fp32 operands
+    (Triton's interpreter multiplies bf16 operands wrongly; bf16 products are exact in fp32)."""
+    w = w.to(a.dtype)
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, w, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
+                   w_ptr, scale_ptr, minv_ptr, w2_ptr, scale2_ptr, minv2_ptr, out_ptr,
+                   N, K_DIM, A_DIV, ROWS,
+                   stride_am, stride_ak, stride_we, stride_wn, stride_wk,
+                   stride_se, stride_sn, stride_sg, stride_om, stride_on,
+                   INT4: tl.constexpr, GLU: tl.constexpr, GROUP: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """One block of rows of one expert times one BLOCK_N slice of that expert's weight.
+
+    Rows are assignment numbers t*K + k (ROWS = T*K marks padding); the activation row of an
+    assignment is its number // A_DIV (A_DIV = K for the tokens, 1 for the gate/up output).
+    GLU: two weights (gate, up) give silu(a w^T) * (a w2^T). The output row is the assignment.
+    """
+    block = tl.program_id(0)
+    tile_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + block).to(tl.int64)
+    if expert < 0:  # past the last hit expert's blocks
+        return
+    rows = tl.load(rows_ptr + block * BLOCK_M + tl.arange(0, BLOCK_M))
+    row_ok = rows < ROWS
+    a_rows = (rows // A_DIV).to(tl.int64)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    w_cols = expert * stride_we + offs_n * stride_wn  # [BLOCK_N] offsets of column 0
+    s_cols = expert * stride_se + offs_n * stride_sn  # [BLOCK_N] offsets of group 0's scale
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K_DIM, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K_DIM
+        a_at = a_ptr + a_rows[:, None] * stride_am + k[None, :] * stride_ak
+        a = tl.load(a_at, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        s_at = s_cols + (k0 // GROUP) * stride_sg  # BLOCK_K divides GROUP: one group per tile
+        w = _weight_tile(w_ptr + w_cols, scale_ptr + s_at, minv_ptr + s_at, k, k_ok, n_ok,
+                         stride_wk, INT4)  # fmt: skip
+        acc = _dot(a, w, acc, PRECISION, UPCAST)
+        if GLU:
+            w2 = _weight_tile(w2_ptr + w_cols, scale2_ptr + s_at, minv2_ptr + s_at, k, k_ok,
+                              n_ok, stride_wk, INT4)  # fmt: skip
+            acc2 = _dot(a, w2, acc2, PRECISION, UPCAST)
+    if not INT4:  # int8: the per-channel scale applies to the whole row of the sum
+        acc = acc * tl.load(scale_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GLU:
+            scale2 = tl.load(scale2_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)
+            acc2 = acc2 * scale2[None, :]
+    if GLU:
+        acc = acc * tl.sigmoid(acc) * acc2
+    out_at = out_ptr + rows[:, None].to(tl.int64) * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_at, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+# ---- host side: routing on the device, launches ------------------------------------------------
+
+
+INTERPRETED = type(_expert_matmul).__name__ == "InterpretedFunction"  # TRITON_INTERPRET=1
+
+
+def block_rows(assignments: int, experts: int) -> int:
+    """Rows per block for `assignments` spread over up to `experts`: from shapes alone."""
+    average = assignments / max(1, min(experts, assignments))
+    return 16 if average <= 24 else 32 if average <= 48 else 64
+
+
+def max_blocks(assignments: int, experts: int, block_m: int) -> int:
+    """An upper bound on the blocks the padded layout needs (each hit expert pads < 1 block)."""
+    return triton.cdiv(assignments, block_m) + min(experts, assignments)
+
+
+def expert_blocks(chosen: Tensor, experts: int, block_m: int) -> tuple[Tensor, Tensor]:
+    """The padded layout, computed on the device without waiting for it.
+
+    chosen [T, K] expert numbers -> rows int32 [blocks, block_m] (assignment numbers t*K + k
+    grouped by expert, each expert's run padded with T*K to whole blocks) and block_expert
+    int32 [blocks] (each block's expert, -1 for the surplus blocks after the last one).
+    """
+    flat = chosen.reshape(-1).to(torch.int64)
+    count, device = flat.numel(), flat.device
+    order = flat.argsort(stable=True)
+    by_expert = flat[order]
+    numbers = torch.arange(experts, device=device)
+    first = torch.searchsorted(by_expert, numbers)
+    rows_of = torch.searchsorted(by_expert, numbers, right=True) - first  # no bincount: it syncs
+    blocks_of = (rows_of + block_m - 1) // block_m
+    block_end = blocks_of.cumsum(0)
+    block = torch.arange(max_blocks(count, experts, block_m), device=device)
+    expert = torch.searchsorted(block_end, block, right=True)  # first e with end > block
+    used = expert < experts
+    e = expert.clamp(max=experts - 1)
+    at = (block - (block_end[e] - blocks_of[e]))[:, None] * block_m
+    at = at + torch.arange(block_m, device=device)  # position within the expert's rows
+    real = used[:, None] & (at < rows_of[e][:, None])
+    picked = order[(first[e][:, None] + at).clamp(max=count - 1)]
+    rows = torch.where(real, picked, torch.full_like(picked, count))
+    block_expert = torch.where(used, expert, torch.full_like(expert, -1))
+    return rows.to(torch.int32), block_expert.to(torch.int32)
+
+
+def _block_k(stack, k: int) -> int:
+    """Columns per tile: a power of two that divides the int4 group (one group per tile)."""
+    limit = stack.group if stack.bits == 4 else 128
+    return max(16, min(64, limit, triton.next_power_of_2(k)))
+
+
+def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, a_div: int,
+                  block_m: int, assignments: int) -> Tensor:  # fmt: skip
+    """One launch over every block: [assignments, N] in a's dtype (padding rows untouched).
+
+    stacks: one QuantWeight stack, or two (gate, up: the output is silu(gate) * up).
+    """
+    first = stacks[0]
+    second = stacks[-1]
+    n, k = first.n, first.k
+    int4 = first.bits == 4
+    out = torch.empty(assignments, n, dtype=a.dtype, device=a.device)
+    block_n = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
+    block_k = _block_k(first, k)
+    minv = first.minv if int4 else first.scale  # int8 has no minimum; never read then
+    minv2 = second.minv if int4 else second.scale
+    scale_strides = first.scale.stride() if int4 else (*first.scale.stride(), 0)
+    grid = (block_expert.numel(), triton.cdiv(n, block_n))
+    _expert_matmul[grid](
+        a, rows, block_expert,
+        first.qweight, first.scale, minv, second.qweight, second.scale, minv2, out,
+        n, k, a_div, assignments,
+        a.stride(0), a.stride(1), *first.qweight.stride(), *scale_strides, *out.stride(),
+        INT4=int4, GLU=len(stacks) == 2, GROUP=first.group if int4 else k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
+        UPCAST=INTERPRETED and a.dtype != torch.float32,
+    )  # fmt: skip
+    return out
+
+
+def check_stacks(gate, up, down) -> None:
+    """The three stacks must be neutral, of one kind and contiguous, with matching widths."""
+    for stack in (gate, up, down):
+        if not stack.qweight.is_contiguous() or not stack.scale.is_contiguous():
+            raise ValueError("the Triton experts kernel needs contiguous expert stacks")
+    if gate.bits != up.bits or gate.bits != down.bits:
+        raise ValueError("gate, up and down must have the same bits")
+    if (gate.n, gate.k) != (up.n, up.k) or (down.n, down.k) != (gate.k, gate.n):
+        raise ValueError("gate/up [E, I, D] and down [E, D, I] do not match")
+
+
+def moe_forward(x: Tensor, weights: Tensor, chosen: Tensor, gate, up, down) -> Tensor:
+    """x [T, D], weights/chosen [T, K] -> [T, D] fp32: sum_k weights * down(silu(gate)*up).
+
+    gate, up, down: QuantWeight stacks in the neutral format (engine/quant.py). Two launches,
+    no host sync.
+    """
+    check_stacks(gate, up, down)
+    tokens, top = chosen.shape
+    dim = x.shape[-1]
+    assignments = tokens * top
+    if assignments == 0:
+        return torch.zeros(tokens, dim, dtype=torch.float32, device=x.device)
+    experts = gate.qweight.shape[0]
+    block_m = block_rows(assignments, experts)
+    rows, block_expert = expert_blocks(chosen, experts, block_m)
+    x = x.contiguous()
+    h = expert_matmul(x, rows, block_expert, (gate, up), top, block_m, assignments)
+    y = expert_matmul(h, rows, block_expert, (down,), 1, block_m, assignments)
+    y = y.float() * weights.reshape(-1, 1).float()
+    return y.view(tokens, top, dim).sum(1)

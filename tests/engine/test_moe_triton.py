@@ -1,0 +1,293 @@
+"""The grouped Triton experts kernel (engine/moe_triton.py) against the dequantize reference.
+
+Without CUDA the kernel runs on the CPU under Triton's interpreter. Triton decides that when it
+is imported (its own jit helpers such as tl.zeros are decorated then), so this module sets
+TRITON_INTERPRET=1, imports Triton and the kernel module, and restores the variable at once; a
+fixture sets it again while this module's tests run (the interpreter reads it then too).
+Nothing else in the test run uses Triton on the CPU. With CUDA the same tests run the compiled
+kernel on the GPU. The source is also compiled for sm80 and sm90 in a subprocess (Triton's own
+ptxas, no GPU needed), which checks what the interpreter does not.
+"""
+
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import quant
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("Triton is not installed", allow_module_level=True)
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+if not CUDA and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton was imported before its interpreter could be set; run this file alone",
+                allow_module_level=True)  # fmt: skip
+_saved = os.environ.get("TRITON_INTERPRET")
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    import triton.language  # noqa: F401  (decorated now: interpreted on the CPU)
+
+    from engine import moe_triton
+finally:
+    if _saved is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+assert moe_triton.INTERPRETED != CUDA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def interpreter():
+    """The interpreter also reads TRITON_INTERPRET as it runs: set for this module's tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        if not CUDA:
+            patch.setenv("TRITON_INTERPRET", "1")
+        yield
+
+
+E, D, I = 8, 128, 64  # experts, hidden, expert width: small, with several int4 groups per row
+GROUP = 32  # gate/up rows of 128 hold 4 groups, down rows of 64 hold 2
+# fp32 activations: the kernel and the reference differ only in summation order (measured
+# ~3e-7). bf16: both round the weights to bf16, the kernel keeps h and the sums in fp32 where
+# the loop rounds them to bf16 (measured 0.004-0.006).
+BOUND = {torch.float32: 1e-5, torch.bfloat16: 0.02}
+
+
+def experts(bits: int, seed: int = 0) -> quant.QuantExperts:
+    """Random quantized experts in the neutral format (not packed), on the CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    module = quant.QuantExperts(E, D, I, bits, GROUP)
+    for stack in module.children():
+        w = torch.randn(E, stack.n, stack.k, generator=generator) * 0.05
+        stack.fill(quant.quantize(w, bits, GROUP))
+    return module
+
+
+def reference(module: quant.QuantExperts, x, weights, chosen):
+    """sum_k weights * down(silu(gate x) * up x), one assignment at a time, dequantized fp32."""
+    out = torch.zeros(x.shape[0], D)
+    for t, k in torch.cartesian_prod(*map(torch.arange, chosen.shape)).reshape(-1, 2).tolist():
+        gate, up, down = (s.dequantized(int(chosen[t, k])) for s in module.children())
+        xf = x[t].float().cpu()
+        out[t] += weights[t, k].item() * (down @ (F.silu(gate @ xf) * (up @ xf)))
+    return out
+
+
+def routing(tokens: int, top: int, seed: int = 0):
+    """Uneven routing: expert 0 takes every token's first slot (more rows than a block of 16),
+    the others are drawn from 1..4 with a skew, and experts 5..7 are never hit."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.zeros(tokens, top, dtype=torch.int64)
+    for t in range(tokens):
+        others = torch.multinomial(torch.tensor([8.0, 4, 2, 1]), top - 1, generator=generator)
+        chosen[t, 1:] = others + 1
+    weights = torch.rand(tokens, top, generator=generator)
+    return weights / weights.sum(-1, keepdim=True), chosen
+
+
+def on_device(*tensors):
+    return tuple(t.to(DEVICE) for t in tensors)
+
+
+def relative_error(y, ref):
+    return ((y.float().cpu() - ref).norm() / ref.norm()).item()
+
+
+# ---- the padded layout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens, top, block_m", [(24, 3, 16), (1, 3, 16), (40, 2, 4)])
+def test_blocks_cover_each_assignment_once_within_the_bound(tokens, top, block_m):
+    _, chosen = routing(tokens, top)
+    rows, block_expert = (t.cpu() for t in moe_triton.expert_blocks(chosen.to(DEVICE), E, block_m))
+    count = tokens * top
+    assert rows.shape == (moe_triton.max_blocks(count, E, block_m), block_m)
+    real = rows < count
+    assert sorted(rows[real].tolist()) == list(range(count))  # every assignment exactly once
+    used = block_expert >= 0
+    assert not real[~used].any()  # surplus blocks hold padding only
+    assert used.sum() == sum(-(-int(n) // block_m) for n in torch.bincount(chosen.flatten()))
+    assert used[: int(used.sum())].all()  # the surplus blocks come last
+    for block, expert in enumerate(block_expert.tolist()):
+        if expert >= 0:  # each block's rows are its expert's, padding at the end only
+            picked = rows[block][real[block]]
+            assert (chosen.flatten()[picked] == expert).all()
+            assert real[block][: len(picked)].all()
+
+
+# ---- the kernel against the dequantize reference ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("tokens", [24, 1])
+def test_kernel_matches_the_dequantize_reference(bits, dtype, tokens):
+    module = experts(bits)
+    weights, chosen = routing(tokens, 3, seed=tokens)
+    x = torch.randn(tokens, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    if tokens > 1:  # expert 0's rows span two blocks
+        assert moe_triton.block_rows(chosen.numel(), E) < int((chosen == 0).sum())
+    ref = reference(module, x, weights, chosen)
+    module.to(DEVICE)
+    out = moe_triton.moe_forward(*on_device(x, weights, chosen), *module.children())
+    assert out.dtype == torch.float32 and out.shape == (tokens, D)
+    assert relative_error(out, ref) < BOUND[dtype]
+
+
+def test_kernel_with_no_tokens():
+    module = experts(4).to(DEVICE)
+    x, weights, chosen = on_device(torch.zeros(0, D), torch.zeros(0, 3), torch.zeros(0, 3).long())
+    assert moe_triton.moe_forward(x, weights, chosen, *module.children()).shape == (0, D)
+
+
+def test_kernel_rejects_stacks_that_do_not_fit_together():
+    int8, int4 = experts(8), experts(4)
+    weights, chosen = routing(4, 2)
+    x = torch.zeros(4, D)
+    with pytest.raises(ValueError, match="same bits"):
+        moe_triton.moe_forward(x, weights, chosen, int8.gate_proj, int4.up_proj, int8.down_proj)
+    with pytest.raises(ValueError, match="do not match"):
+        moe_triton.moe_forward(x, weights, chosen, int8.gate_proj, int8.up_proj, int8.gate_proj)
+
+
+# ---- QuantExperts: the Triton path against the loop ---------------------------------------------
+
+# The loop's int4 kernel on CUDA (tinygemm) takes bf16 activations only
+DTYPES = [torch.bfloat16] if CUDA else [torch.float32, torch.bfloat16]
+
+
+def packed(bits: int, kernel: str, dtype) -> quant.QuantExperts:
+    return quant.pack_model(experts(bits).to(DEVICE), dtype, experts_kernel=kernel)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_experts_triton_path_matches_the_loop(bits, dtype):
+    loop, fused = packed(bits, "loop", dtype), packed(bits, "triton", dtype)
+    assert (loop.kind, fused.kind) == ("loop", "triton")
+    assert {s.kind for s in loop.children()} == {"int8" if bits == 8 else DEVICE}
+    weights, chosen = routing(24, 3, seed=2)
+    x = torch.randn(24, D, generator=torch.Generator().manual_seed(3)).to(dtype)
+    inputs = on_device(x, weights, chosen)
+    assert relative_error(fused(*inputs), loop(*inputs).cpu()) < BOUND[dtype]
+
+
+def test_triton_stacks_keep_the_neutral_buffers_expert_first():
+    module = packed(4, "triton", torch.bfloat16)
+    for stack in module.children():
+        buffers = dict(stack.named_buffers())
+        assert set(buffers) == {"qweight", "scale", "minv"}
+        assert all(b.shape[0] == E for b in buffers.values())
+    assert set(module.state_dict()) == set(experts(4).state_dict())  # saves as it loaded
+
+
+def test_reference_flag_sends_triton_stacks_through_the_loop():
+    module = packed(8, "triton", torch.float32)
+    quant.set_reference(module, True)
+    assert module.kind == "loop"
+    weights, chosen = routing(6, 2)
+    x = torch.randn(6, D)
+    ref = reference(module.cpu(), x, weights, chosen)
+    assert relative_error(module.to(DEVICE)(*on_device(x, weights, chosen)), ref) < 1e-5
+
+
+def test_kernel_choice_defaults_to_the_loop_off_cuda(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(quant.MOE_KERNEL_ENV, raising=False)
+    assert quant.choose_experts_kernel(cpu) == "loop"
+    monkeypatch.setenv(quant.MOE_KERNEL_ENV, "triton")
+    assert quant.choose_experts_kernel(cpu) == "triton"
+    assert quant.choose_experts_kernel(cpu, "loop") == "loop"  # the argument wins
+    monkeypatch.setenv(quant.MOE_KERNEL_ENV, "fast")
+    with pytest.raises(ValueError, match="LLADA_MOE_KERNEL must be one of auto, triton, loop"):
+        quant.choose_experts_kernel(cpu)
+
+
+def test_dense_layers_keep_torch_kernels_when_experts_use_triton():
+    layer = quant.QuantLinear(D, I, 4, GROUP)
+    layer.fill(quant.quantize(torch.randn(I, D) * 0.05, 4, GROUP))
+    layer.pack(torch.float32, experts_kernel="triton")
+    assert layer.kind == "cpu"
+
+
+# ---- the same source compiled for real GPUs (no GPU needed) --------------------------------------
+
+COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from engine import moe_triton
+
+fn = moe_triton._expert_matmul
+for bits in (8, 4):
+    constants = dict(INT4=bits == 4, GLU=True, GROUP=128 if bits == 4 else 2048, BLOCK_M=16,
+                     BLOCK_N=64, BLOCK_K=64, PRECISION="tf32", UPCAST=False)
+    signature = {}
+    for name in fn.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in ("rows_ptr", "block_expert_ptr"):
+            signature[name] = "*i32"
+        elif name in ("w_ptr", "w2_ptr"):
+            signature[name] = "*u8" if bits == 4 else "*i8"
+        else:
+            signature[name] = "*bf16" if name.endswith("_ptr") else "i32"
+    for capability in (80, 90):
+        target = GPUTarget("cuda", capability, 32)
+        compiled = triton.compile(ASTSource(fn, signature, constants), target=target)
+        assert compiled.asm["cubin"], (bits, capability)
+        # tensor cores: bf16 operands, fp32 sums
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in compiled.asm["ptx"]
+        print("compiled", bits, capability)
+"""
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="ptxas: x86_64 Linux"
+)
+def test_kernel_compiles_for_ampere_and_hopper():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9 warns when it is unset
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPILE)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("compiled") == 4
+
+
+# ---- on a GPU only -------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_experts_pick_triton_by_default():
+    module = quant.pack_model(experts(4).cuda(), torch.bfloat16)
+    assert module.kind == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+def test_cuda_experts_need_no_sync_and_replay_in_a_graph(bits):
+    module = quant.pack_model(experts(bits).cuda(), torch.bfloat16)
+    weights, chosen = (t.cuda() for t in routing(24, 3, seed=5))
+    x = torch.randn(24, D, device="cuda", dtype=torch.bfloat16)
+    expected = module(x, weights, chosen)  # compiles the kernels outside the capture
+    torch.cuda.set_sync_debug_mode("error")  # any host sync raises
+    try:
+        module(x, weights, chosen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = module(x, weights, chosen)
+    x.copy_(torch.randn_like(x))
+    chosen.copy_(chosen.roll(1, dims=0))
+    graph.replay()
+    torch.testing.assert_close(captured, module(x, weights, chosen), rtol=0, atol=0)
+    assert not torch.equal(captured, expected)
