@@ -50,7 +50,12 @@ def add_command(sub) -> None:
     quantize = sub.add_parser("quantize", help="write a quantized copy of the model folder")
     args.add_flag(quantize, "model", required=True, help="the bf16 (or FP8) model folder")
     args.add_flag(quantize, "bits", required=True, help="4 or 8: the backbone's weights")
-    args.add_flag(quantize, "decoder_bits", default=16, help="8 or 16 (default 16)")
+    args.add_flag(
+        quantize,
+        "decoder_bits",
+        default=16,
+        help="8: store the decoder transformers in int8 too; 16 (default): link them as they are",
+    )
     quantize.add_argument("--out", type=Path, required=True, help="the new folder to write")
     quantize.add_argument(
         "--device", default="cpu", help="where to quantize: cpu (default) or cuda, faster"
