@@ -10,8 +10,10 @@ each written to `--out` as soon as it ends (so a timeout still leaves figures):
                         1024-token prompt for a 32-token block, in the three rows of
                         tests/bench/backbone.py (official baseline, cache alone, everything on),
                         and peak VRAM;
-  moe_experts           one MoE layer's routed experts for 32 and 1056 tokens: bf16 grouped
-                        matmul, int8 and int4 kernels over the hit experts, FP8 through
+  moe_experts           one MoE layer's routed experts for 32 and 1056 tokens, side by side:
+                        bf16 grouped matmul; int8 and int4 as a loop of torch's kernels over
+                        the hit experts and as engine/moe_triton.py's grouped kernel (CUDA sm80+
+                        with Triton; skipped with a reason elsewhere); FP8 through
                         torch._scaled_mm (sm89+ only);
   decoder_<precision>   one decoder (6.2B DiT, random weights) step at 1024x1024 with CFG
                         (batch 2) in bf16 and int8, and peak VRAM.
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import quant
-from engine.backbone import Backbone, BackboneConfig, MoE, rope_frequencies
+from engine.backbone import Backbone, BackboneConfig, Experts, MoE, rope_frequencies
 
 REPORT: dict = {"parts": {}, "errors": {}}
 
@@ -213,12 +215,23 @@ def backbone_part(sizes: Sizes, device, precision: str, repeats: int) -> dict:
         "prompt_tokens": sizes.prompt,
         "block_tokens": sizes.block,
         "weights_gib": round(weights / 2**30, 2),
+        "experts_kernel": experts_kernels(model),
         "build_s": round(built, 1),
         "rows": rows,
         "peak_vram_gib": peak_gib(device),
     }
     del model
     return result
+
+
+def experts_kernels(model) -> list[str]:
+    """How the model's routed experts run: "grouped_mm" (bf16), "loop" or "triton"."""
+    kinds = {
+        m.kind if isinstance(m, quant.QuantExperts) else "grouped_mm"
+        for m in model.modules()
+        if isinstance(m, (quant.QuantExperts, Experts))
+    }
+    return sorted(kinds)
 
 
 def moe_part(sizes: Sizes, device, _precision, repeats: int) -> dict:
@@ -233,21 +246,21 @@ def moe_part(sizes: Sizes, device, _precision, repeats: int) -> dict:
     randomize(bf16)
     bf16.gate.float()
     layers = {"bf16 grouped_mm": bf16.experts}
+    skipped = []
+    kernels = ["loop"]
+    if device.type == "cuda" and quant.choose_experts_kernel(device, "auto") == "triton":
+        kernels.append("triton")
+    else:
+        skipped.append("triton: needs a CUDA GPU of sm80 or newer with Triton importable")
     for precision in ("int8", "int4"):
-        bits = quant.BITS[precision]
-        width = config.moe_intermediate_size
-        experts = quant.QuantExperts(config.num_experts, config.hidden_size, width, bits)
-        experts.to(device)
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            weight = getattr(bf16.experts, proj)
-            target = getattr(experts, proj)
-            for e in range(config.num_experts):
-                target.fill(quant.quantize(weight[e], target.bits), e)
-        quant.pack_model(experts, dtype)
-        layers[f"{precision} kernels, hit experts"] = experts
+        for kernel in kernels:
+            experts = quantized_experts(bf16.experts, quant.BITS[precision], dtype, kernel)
+            layers[f"{precision} {EXPERT_KERNELS[kernel]}"] = experts
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
         layers["fp8 _scaled_mm, hit experts"] = Fp8Experts(bf16.experts)
-    result = {"skipped": [] if len(layers) == 4 else ["fp8: needs a CUDA GPU of sm89 or newer"]}
+    else:
+        skipped.append("fp8: needs a CUDA GPU of sm89 or newer")
+    result = {"skipped": skipped}
     for tokens in sizes.moe_tokens:
         x = torch.randn(tokens, config.hidden_size, device=device, dtype=dtype)
         weights, chosen = bf16.gate(x)
@@ -256,12 +269,31 @@ def moe_part(sizes: Sizes, device, _precision, repeats: int) -> dict:
         for name, experts in layers.items():
             with torch.inference_mode():
                 run = lambda e=experts, a=(x, weights, chosen): (e(*a), sync(device))  # noqa: E731
-                seconds = timed(run, repeats)
+                seconds = timed(run, max(repeats, MOE_REPEATS))
                 out = experts(x, weights, chosen)
             error = ((out - reference).norm() / reference.norm()).item()
             row[name] = {"ms": round(seconds * 1e3, 3), "relative_error": round(error, 4)}
+        bf16_ms = row["bf16 grouped_mm"]["ms"]
+        for name in layers:
+            row[name]["x_bf16_time"] = round(row[name]["ms"] / bf16_ms, 2)
         result[f"{tokens}_tokens"] = row
     return result
+
+
+EXPERT_KERNELS = {"loop": "loop of torch kernels, hit experts", "triton": "triton grouped"}
+MOE_REPEATS = 20  # one layer takes milliseconds: a median of 3 is noise
+
+
+def quantized_experts(bf16_experts, bits: int, dtype, kernel: str) -> quant.QuantExperts:
+    """The bf16 experts quantized on their device, packed for the `kernel` ("loop"/"triton")."""
+    e, width, dim = bf16_experts.gate_proj.shape
+    experts = quant.QuantExperts(e, dim, width, bits).to(bf16_experts.gate_proj.device)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        target = getattr(experts, proj)
+        target.fill(quant.quantize(getattr(bf16_experts, proj), bits, target.group or 128))
+    quant.pack_model(experts, dtype, experts_kernel=kernel)
+    assert experts.kind == kernel, (experts.kind, kernel)
+    return experts
 
 
 class Fp8Experts(torch.nn.Module):
