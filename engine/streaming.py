@@ -120,41 +120,50 @@ def _slots_like(t: Tensor, experts: int, capacity: int, device) -> Tensor:
 
 
 class ExpertCache:
-    """Device slots for experts of every streamed layer, with an LRU of (layer, expert) -> slot.
+    """Device slots for the experts of every streamed layer.
 
     `staging` is a hollow copy of one layer's expert module with `capacity` experts; its own
-    forward runs the experts once they sit in their slots.
+    forward runs the experts once they sit in their slots. Each of the `layers` layers owns an
+    equal share of the slots (`quota`) with its own least-recently-used order: the layers run
+    one after another, so one order shared by all would evict each layer's experts just before
+    the next step needs them again whenever the pool is smaller than a step's demand.
     """
 
-    def __init__(self, template: nn.Module, experts: int, capacity: int, device):
-        if capacity < 1:
-            raise ValueError("an expert cache needs at least one slot")
+    def __init__(self, template: nn.Module, experts: int, capacity: int, device, layers: int = 1):
+        if capacity < layers:
+            raise ValueError(f"an expert cache for {layers} layers needs {layers} slots or more")
         self.experts, self.capacity, self.device = experts, capacity, torch.device(device)
+        self.quota = capacity // layers
         self.staging = hollow_copy(template, experts, capacity, self.device).requires_grad_(False)
         self.slot_names = [n for n, t in named_tensors(template) if _is_stacked(t, experts)]
-        self.lru: OrderedDict[tuple[int, int], int] = OrderedDict()  # oldest first
-        self.free = list(range(capacity - 1, -1, -1))  # popped from the end: 0, 1, 2, ...
+        self.layers = layers
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget what the slots hold (they fill again as steps need them) and the traffic."""
+        self.where = [OrderedDict() for _ in range(self.layers)]  # expert -> slot, oldest first
+        q = self.quota  # each layer's free slots, popped from the end: ascending
+        self.free = [list(range((i + 1) * q - 1, i * q - 1, -1)) for i in range(self.layers)]
         self.traffic = Traffic()
 
+    def holds(self, layer: int, expert: int) -> bool:
+        return expert in self.where[layer]
+
     def bring(self, layer: int, experts: list[int], host: dict[str, Tensor]) -> list[int]:
-        """The slots holding `experts` (at most `capacity`, ascending) of `layer`, copying in from
+        """The slots holding `experts` (at most `quota`, distinct) of `layer`, copying in from
         `host` (name -> [E, ...] tensor) those not already there."""
-        slots, missing = [], []
+        where, free = self.where[layer], self.free[layer]
+        missing = [e for e in experts if e not in where]
         for e in experts:
-            slot = self.lru.get((layer, e))
-            if slot is None:
-                missing.append(e)
-            else:
-                self.lru.move_to_end((layer, e))
-            slots.append(slot)
+            if e in where:
+                where.move_to_end(e)
         self.traffic.hits += len(experts) - len(missing)
         self.traffic.misses += len(missing)
         placed = {}
-        for e in missing:
-            slot = self.free.pop() if self.free else self.lru.popitem(last=False)[1]
-            self.lru[(layer, e)] = placed[e] = slot
+        for e in missing:  # the oldest are not wanted now: `experts` were all moved to the end
+            where[e] = placed[e] = free.pop() if free else where.popitem(last=False)[1]
         self._copy(placed, host)
-        return [slot if slot is not None else placed[e] for e, slot in zip(experts, slots)]
+        return [where[e] for e in experts]
 
     def _copy(self, placed: dict[int, int], host: dict[str, Tensor]) -> None:
         """Copy each placed expert's slice of every stacked tensor, runs of consecutive experts
@@ -168,6 +177,14 @@ class ExpertCache:
 
     def slot_bytes(self) -> int:
         return sum(nbytes(get_tensor(self.staging, n)[0]) for n in self.slot_names)
+
+
+def _starts(counts: list[int]) -> list[int]:
+    starts, total = [], 0
+    for count in counts:
+        starts.append(total)
+        total += count
+    return starts
 
 
 def _is_stacked(t: Tensor, experts: int) -> bool:
@@ -189,7 +206,8 @@ class StreamedExperts(nn.Module):
     """One MoE layer's routed experts kept in host memory, run in the shared device slots.
 
     Only the experts a step hits are copied (those still in a slot from earlier steps are not);
-    a step hitting more experts than the cache has slots runs in chunks of `capacity` experts.
+    a step hitting more experts than the layer's share of slots runs in chunks, those already
+    in a slot first (so they are used before any of them is evicted).
     The pool's forward gets one row per (token, expert) pair with weight 1 and returns each
     pair's expert output; the pairs are then weighted and summed per token here, in the same
     order as the resident module, so the result is bit-identical whatever slot an expert got.
@@ -216,17 +234,20 @@ class StreamedExperts(nn.Module):
             set_tensor(self.staging, name, tensor.to(x.device))
         xs = x[token_of]
         ys = torch.empty(T * K, x.shape[-1], dtype=torch.float32, device=x.device)
-        start, step = 0, self.cache.capacity
-        for first in range(0, len(hit), step):
-            chunk, rows = hit[first : first + step], counts[first : first + step]
+        first_row = dict(zip(hit, _starts(counts), strict=True))
+        rows_of = dict(zip(hit, counts, strict=True))
+        queue = sorted(hit, key=lambda e: not self.cache.holds(self.layer, e))  # present first
+        for at in range(0, len(queue), self.cache.quota):
+            chunk = queue[at : at + self.cache.quota]
             slots = self.cache.bring(self.layer, chunk, self.host)
-            end = start + sum(rows)
-            slot_of = torch.tensor(slots, device=x.device).repeat_interleave(
-                torch.tensor(rows, device=x.device)
-            )
-            ones = torch.ones(end - start, 1, dtype=weights.dtype, device=x.device)
-            ys[start:end] = self.staging(xs[start:end], ones, slot_of.unsqueeze(-1))
-            start = end
+            rows, slot_of = [], []
+            for e, slot in zip(chunk, slots, strict=True):
+                rows += range(first_row[e], first_row[e] + rows_of[e])
+                slot_of += [slot] * rows_of[e]
+            rows = torch.tensor(rows, device=x.device)
+            slot_of = torch.tensor(slot_of, device=x.device).unsqueeze(-1)
+            ones = torch.ones(len(rows), 1, dtype=weights.dtype, device=x.device)
+            ys[rows] = self.staging(xs[rows], ones, slot_of)
         self.cache.traffic.steps += 1
         ys = ys * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros(T, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(
@@ -245,13 +266,14 @@ def expert_modules(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def expert_capacity(plan, slot_bytes: int, experts: int, layers: int) -> int:
     """Slots the plan's budget leaves after the resident backbone, its working memory and the
-    vision encoder: at least one layer's experts (bigger steps run in chunks), at most all."""
+    vision encoder: at least one layer's experts (a slot per layer at the least; bigger steps
+    run in chunks), at most all of them."""
     if plan is None:
         return experts
     backbone = plan.part("backbone")
     resident = backbone.weights - plan.expert_bytes + backbone.working
     free = plan.budget - resident - plan.part("vision").weights
-    return int(max(experts, min(experts * layers, free // max(slot_bytes, 1))))
+    return int(max(experts, layers, min(experts * layers, free // max(slot_bytes, 1))))
 
 
 def stream_experts(
@@ -283,7 +305,7 @@ def stream_experts(
         if cache is None:
             slot = sum(nbytes(t[0]) for _, t in named_tensors(host) if _is_stacked(t, experts))
             size = capacity or expert_capacity(plan, slot, experts, len(owners))
-            cache = ExpertCache(host, experts, size, device)
+            cache = ExpertCache(host, experts, size, device, len(owners))
         setattr(owner, attribute, StreamedExperts(host, cache, index))
         del host
         if device.type == "cuda":

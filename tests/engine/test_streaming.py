@@ -78,24 +78,38 @@ def test_the_lru_reuses_slots_across_steps_and_evicts_the_oldest():
         return (cache.traffic.bytes - before) // per_expert
 
     assert step((0, 1), (2, 3)) == 4
-    slots = {e: cache.lru[(0, e)] for e in range(4)}
+    slots = {e: cache.where[0][e] for e in range(4)}
     assert step((0, 1), (2, 3)) == 0  # a repeated step copies nothing
     assert step((2, 3), (4, 5)) == 2  # only the new experts 4 and 5
-    assert {e: cache.lru[(0, e)] for e in range(4)} == slots  # kept in place
+    assert {e: cache.where[0][e] for e in range(4)} == slots  # kept in place
     assert step((6, 7), (2, 3)) == 2  # full: 0 and 1 were used least recently
-    assert (0, 0) not in cache.lru and (0, 1) not in cache.lru
-    assert {(0, e) for e in (2, 3, 4, 5, 6, 7)} == set(cache.lru)
+    assert set(cache.where[0]) == {2, 3, 4, 5, 6, 7}
     assert cache.traffic.hit_rate == pytest.approx(8 / 16)  # 4 + 2 + 2 of 16 lookups
 
 
 def test_layers_share_the_pool_without_mixing_their_experts():
     first, second = experts(4, seed=1), experts(4, seed=2)
-    cache = ExpertCache(first, E, 4, "cpu")
+    cache = ExpertCache(first, E, 9, "cpu", layers=2)
+    assert cache.quota == 4
     layers = [StreamedExperts(first, cache, 0), StreamedExperts(second, cache, 1)]
     for seed in range(2):
         x, weights, chosen = routing(seed)
         for layer, resident in zip(layers, (first, second), strict=True):
             assert torch.equal(layer(x, weights, chosen), resident(x, weights, chosen))
+    assert set(cache.where[0].values()) == set(range(4))  # each layer in its own share
+    assert set(cache.where[1].values()) == set(range(4, 8))
+
+
+def test_a_step_larger_than_the_pool_uses_what_is_there_before_evicting_it():
+    resident = experts(4)
+    layer = streamed(resident, 4)
+    x, weights = torch.randn(3, D), torch.rand(3, 2)
+    chosen = torch.tensor([(0, 1), (2, 3), (4, 5)])
+    for _ in range(2):
+        assert torch.equal(layer(x, weights, chosen), resident(x, weights, chosen))
+    traffic = layer.cache.traffic
+    assert traffic.misses == 6 + 2  # the second step finds the 4 experts left in the slots
+    assert traffic.hits == 4
 
 
 def test_capacity_comes_from_the_plan_budget():
