@@ -188,3 +188,17 @@ def test_quantize_command_stores_the_decoder(tiny_checkpoint, tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
     assert quant.read_manifest(out)["decoder"]["stored"] == "int8"
     assert stored_quantized(out / "decoder-turbo")
+
+
+@pytest.mark.gpu
+def test_stored_decoder_on_cuda_matches_quantizing_as_it_streams(tiny_checkpoint, int8_folder):
+    """Written on the CPU, loaded on CUDA in bf16: the same int8 weights as quantizing the bf16
+    folder on the GPU while it streams in, so the same picture."""
+    options = {"turbo": True, "device": "cuda", "dtype": torch.bfloat16}
+    stored = ImageDecoder(int8_folder, **options)
+    streamed = ImageDecoder(tiny_checkpoint, dit_bits=8, **options)
+    buffers = dict(streamed.load_dit().named_buffers())
+    for name, tensor in stored.load_dit().named_buffers():
+        assert tensor.is_cuda and torch.equal(tensor, buffers[name]), name
+    expected = streamed.decode(codes(), seed=3, steps=2)
+    assert np.array_equal(stored.decode(codes(), seed=3, steps=2), expected)
