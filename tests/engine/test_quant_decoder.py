@@ -202,3 +202,26 @@ def test_stored_decoder_on_cuda_matches_quantizing_as_it_streams(tiny_checkpoint
         assert tensor.is_cuda and torch.equal(tensor, buffers[name]), name
     expected = streamed.decode(codes(), seed=3, steps=2)
     assert np.array_equal(stored.decode(codes(), seed=3, steps=2), expected)
+
+
+def test_a_sharded_decoder_is_stored_with_a_new_index(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    folder = model / "decoder-turbo"
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    keys = sorted(state)
+    weight_map = {}
+    for number, part in enumerate((keys[::2], keys[1::2]), 1):
+        name = f"model-0000{number}-of-00002.safetensors"
+        save_file({k: state[k] for k in part}, folder / name)
+        weight_map |= dict.fromkeys(part, name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    out = quantize_cmd.quantize_folder(model, tmp_path / "int8", 8, decoder_bits=8)
+    index = json.loads((out / "decoder-turbo" / "model.safetensors.index.json").read_text())
+    assert index["weight_map"]["layers.0.attention.to_q.qweight"].startswith("model-0000")
+    assert "layers.0.attention.to_q.weight" not in index["weight_map"]
+    expected = ImageDecoder(model, dit_bits=8).decode(codes(), seed=3, steps=2)
+    assert np.array_equal(ImageDecoder(out).decode(codes(), seed=3, steps=2), expected)
