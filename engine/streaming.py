@@ -137,14 +137,32 @@ class ExpertCache:
         self.staging = hollow_copy(template, experts, capacity, self.device).requires_grad_(False)
         self.slot_names = [n for n, t in named_tensors(template) if _is_stacked(t, experts)]
         self.layers = layers
+        self.shapes = {n: (tuple(t.shape), t.dtype) for n, t in named_tensors(self.staging)}
         self.clear()
 
     def clear(self) -> None:
         """Forget what the slots hold (they fill again as steps need them) and the traffic."""
+        self._forget()
+        self.traffic = Traffic()
+
+    def _forget(self) -> None:
         self.where = [OrderedDict() for _ in range(self.layers)]  # expert -> slot, oldest first
         q = self.quota  # each layer's free slots, popped from the end: ascending
         self.free = [list(range((i + 1) * q - 1, i * q - 1, -1)) for i in range(self.layers)]
-        self.traffic = Traffic()
+
+    def release(self) -> None:
+        """Give the slots' device memory back (the other phase's turn needs it, and moving the
+        pool to host memory would cost as much as refilling it); the next step reallocates."""
+        for name, (_, dtype) in self.shapes.items():
+            device = get_tensor(self.staging, name).device
+            set_tensor(self.staging, name, torch.empty(0, dtype=dtype, device=device))
+        self._forget()
+
+    def ensure(self, device) -> None:
+        """The slots allocated on `device` (after `release`)."""
+        for name, (shape, dtype) in self.shapes.items():
+            if tuple(get_tensor(self.staging, name).shape) != shape:
+                set_tensor(self.staging, name, torch.empty(shape, dtype=dtype, device=device))
 
     def holds(self, layer: int, expert: int) -> bool:
         return expert in self.where[layer]
@@ -230,6 +248,7 @@ class StreamedExperts(nn.Module):
         token_of = order // K
         hit, counts = torch.unique_consecutive(flat[order], return_counts=True)
         hit, counts = hit.tolist(), counts.tolist()  # the one host sync of a step
+        self.cache.ensure(x.device)
         for name, tensor in self.fixed.items():
             set_tensor(self.staging, name, tensor.to(x.device))
         xs = x[token_of]
@@ -481,10 +500,14 @@ def apply(pipeline) -> None:
 
 
 def release(module: nn.Module) -> None:
-    """Free what streaming holds on the device beyond the weights in use (a prefetched block)."""
+    """Free what streaming holds on the device for `module` between its turns: the expert
+    slots of a backbone, a prefetched block of a decoder."""
     stream = getattr(module, "block_stream", None)
     if stream is not None:
         stream.release()
+    layer = next((m for m in module.modules() if isinstance(m, StreamedExperts)), None)
+    if layer is not None:
+        layer.cache.release()
 
 
 def describe(module: nn.Module) -> str:

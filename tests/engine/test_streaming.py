@@ -12,10 +12,10 @@ from engine.streaming import BlockStream, ExpertCache, StreamedExperts
 E, D, I, K, T = 16, 64, 32, 4, 8  # experts, hidden, expert width, per token, tokens
 
 
-def experts(bits: int, seed: int = 0, device="cpu", dtype=torch.float32) -> quant.QuantExperts:
+def experts(bits: int, seed=0, device="cpu", dtype=torch.float32, dim=D, width=I):
     """A packed quantized expert stack with random weights."""
     generator = torch.Generator().manual_seed(seed)
-    module = quant.QuantExperts(E, D, I, bits)
+    module = quant.QuantExperts(E, dim, width, bits)
     for name in ("gate_proj", "up_proj", "down_proj"):
         weight = getattr(module, name)
         for e in range(E):
@@ -25,10 +25,10 @@ def experts(bits: int, seed: int = 0, device="cpu", dtype=torch.float32) -> quan
     return quant.pack_model(module, dtype).requires_grad_(False)
 
 
-def routing(seed: int, tokens: int = T, device="cpu"):
+def routing(seed: int, tokens: int = T, device="cpu", dim=D):
     """x [T, D], weights and distinct chosen experts [T, K], as the router gives them."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(tokens, D, generator=generator)
+    x = torch.randn(tokens, dim, generator=generator)
     weights = torch.rand(tokens, K, generator=generator)
     chosen = torch.stack([torch.randperm(E, generator=generator)[:K] for _ in range(tokens)])
     return x.to(device), weights.to(device), chosen.to(device)
@@ -170,6 +170,24 @@ def test_a_stream_plan_gives_the_same_logits_and_tokens(pipelines):
     assert streamed.backbone.model.layers[1].mlp.experts.cache.traffic.hits > 0
 
 
+def test_released_slots_free_their_memory_and_refill(pipelines):
+    """Between turns (the decoder's) the pool gives its memory back; the next step refills it."""
+    resident, streamed = pipelines
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 600, (1, 16), generator=generator)
+    positions, mask = torch.arange(16)[None], torch.ones(1, 1, 16, 16, dtype=torch.bool)
+    with torch.inference_mode():
+        expected = resident.backbone(ids, positions, mask)
+        streamed.backbone(ids, positions, mask)
+        cache = streamed.backbone.model.layers[1].mlp.experts.cache
+        streaming.release(streamed.backbone)
+        assert quant.weight_bytes(cache.staging) == 0
+        misses = cache.traffic.misses
+        assert torch.equal(streamed.backbone(ids, positions, mask), expected)
+    assert cache.traffic.misses > misses  # copied in again
+    assert quant.weight_bytes(cache.staging) == cache.capacity * cache.slot_bytes()
+
+
 def test_streamed_decoder_blocks_give_the_same_image(pipelines):
     resident, streamed = pipelines
     expected = resident.generate("a red fox", width=256, height=256, steps=2, seed=1)
@@ -214,11 +232,13 @@ def test_block_stream_learns_the_order_and_puts_weights_back():
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", [4, 8])
 def test_cuda_streamed_layer_matches_the_resident_one(bits):
-    resident = experts(bits, device="cuda", dtype=torch.bfloat16)
+    resident = experts(bits, device="cuda", dtype=torch.bfloat16, dim=256, width=128)
+    if bits == 4:  # the tinygemm kernel, not the dequantize fallback
+        assert resident.gate_proj.kind == "cuda" and resident.down_proj.kind == "cuda"
     layer = streamed(resident, 5, device="cuda")
     assert all(t.device.type == "cpu" and t.is_pinned() for t in layer.host.values())
     for seed in range(3):
-        x, weights, chosen = routing(seed, device="cuda")
+        x, weights, chosen = routing(seed, device="cuda", dim=256)
         x = x.bfloat16()
         torch.testing.assert_close(layer(x, weights, chosen), resident(x, weights, chosen))
 
