@@ -5,9 +5,11 @@ sets of weights:
 
 - The backbone's routed experts. Each MoE layer's full expert stacks stay in (pinned) host
   memory; one device pool of expert slots (`ExpertCache`, a small `QuantExperts` or `Experts`
-  of `capacity` experts, its size chosen from the plan's budget) is shared by every layer. A
-  step copies into free or least recently used slots only the experts it hits that are not
-  there yet, then runs the pool's own forward on slot numbers (`StreamedExperts`).
+  of `capacity` experts, its size chosen from the plan's budget) is split evenly between the
+  layers. A step copies into the layer's free or least recently used slots only the experts it
+  hits that are not there yet, then runs the pool's own forward on slot numbers
+  (`StreamedExperts`). Nothing is prefetched: which experts a step needs is known only once its
+  router has run.
 - The decoder transformer's blocks (`BlockStream`). Between calls a block holds empty
   placeholders; a forward pre-hook brings its weights from host memory just before it runs and
   a forward hook drops them after. On CUDA the next block is copied on a side stream while the
@@ -95,8 +97,7 @@ class Traffic:
 def hollow_copy(module: nn.Module, experts: int, capacity: int, device) -> nn.Module:
     """A copy of `module` with the same attributes whose expert tensors hold `capacity` slots
     (uninitialised, on `device`) and whose other tensors are empty-shaped copies to be filled."""
-    clone = copy.copy(module)
-    clone.__dict__ = dict(module.__dict__)
+    clone = copy.copy(module)  # a new __dict__ with the same attributes
     clone._parameters, clone._buffers, clone._modules = {}, {}, {}
     clone._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
     for name, t in module._parameters.items():
@@ -485,18 +486,6 @@ def stream_decoder(pipeline) -> None:
         finally:
             decoder.device = device
     stream_decoder_blocks(decoder.dit, decoder.device)
-
-
-def apply(pipeline) -> None:
-    """On a streaming plan, stream what the pipeline has loaded and does not stream yet: the
-    backbone's experts and the decoder transformer's blocks."""
-    if not streams(pipeline.settings):
-        return
-    if pipeline.backbone is not None:
-        stream_experts(pipeline.backbone, pipeline.device, pipeline.settings.plan)
-    decoder = pipeline.decoder
-    if decoder is not None and decoder.dit is not None:
-        stream_decoder_blocks(decoder.dit, pipeline.device)
 
 
 def release(module: nn.Module) -> None:
