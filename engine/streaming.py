@@ -160,10 +160,13 @@ class ExpertCache:
         self._forget()
 
     def ensure(self, device) -> None:
-        """The slots allocated on `device` (after `release`)."""
+        """The slots allocated on `device` (after `release`); normal tensors even when a step
+        runs in inference mode, so that a later step outside it may still copy into them."""
         for name, (shape, dtype) in self.shapes.items():
             if tuple(get_tensor(self.staging, name).shape) != shape:
-                set_tensor(self.staging, name, torch.empty(shape, dtype=dtype, device=device))
+                with torch.inference_mode(False):
+                    slots = torch.empty(shape, dtype=dtype, device=device)
+                set_tensor(self.staging, name, slots)
 
     def holds(self, layer: int, expert: int) -> bool:
         return expert in self.where[layer]

@@ -185,6 +185,9 @@ def test_released_slots_free_their_memory_and_refill(pipelines):
         misses = cache.traffic.misses
         assert torch.equal(streamed.backbone(ids, positions, mask), expected)
     assert cache.traffic.misses > misses  # copied in again
+    cache.clear()  # every expert copied again, into slots remade in inference mode
+    with torch.no_grad():  # which still take copies outside it
+        assert torch.equal(streamed.backbone(ids, positions, mask), expected)
     assert quant.weight_bytes(cache.staging) == cache.capacity * cache.slot_bytes()
 
 
