@@ -27,22 +27,28 @@ from torch import Tensor
 
 
 @triton.jit
-def _weight_tile(w_cols, scale_at, minv_at, k, k_ok, n_ok, stride_wk, INT4: tl.constexpr):
-    """The weight tile w[expert, n, k] as [BLOCK_K, BLOCK_N] fp32 (int8: the raw codes).
+def _int4_step(acc, a_even, a_odd, w_cols, scale_at, minv_at, kb, kb_ok, n_ok, stride_wk,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """acc + one K tile of a @ w^T for int4: byte columns kb of the tile's rows (w_cols), the
+    even columns from the low nibbles, the odd ones from the high (two dots, no shuffle).
 
-    w_cols: pointers to column k=0 of the tile's rows; scale_at, minv_at: pointers to their
-    int4 group's scale and minimum.
+    scale_at, minv_at: the tile's group (BLOCK_K divides the group size).
     """
-    mask = k_ok[:, None] & n_ok[None, :]
-    if INT4:
-        at = w_cols[None, :] + (k[:, None] // 2) * stride_wk
-        byte = tl.load(at, mask=mask, other=0).to(tl.int32)
-        codes = (byte >> ((k[:, None] % 2) * 4)) & 0xF  # even column: low nibble
-        scale = tl.load(scale_at, mask=n_ok, other=0.0).to(tl.float32)
-        minv = tl.load(minv_at, mask=n_ok, other=0.0).to(tl.float32)
-        return codes.to(tl.float32) * scale[None, :] + minv[None, :]
-    else:
-        return tl.load(w_cols[None, :] + k[:, None] * stride_wk, mask=mask, other=0).to(tl.float32)
+    at = w_cols[None, :] + kb[:, None] * stride_wk
+    byte = tl.load(at, mask=kb_ok[:, None] & n_ok[None, :], other=0).to(tl.int32)
+    scale = tl.load(scale_at, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    minv = tl.load(minv_at, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc = _dot(a_even, (byte & 0xF).to(tl.float32) * scale + minv, acc, PRECISION, UPCAST)
+    return _dot(a_odd, (byte >> 4).to(tl.float32) * scale + minv, acc, PRECISION, UPCAST)
+
+
+@triton.jit
+def _int8_step(acc, a, w_cols, k, k_ok, n_ok, stride_wk, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr):  # fmt: skip
+    """acc + one K tile of a @ codes^T for int8 (the per-channel scale comes after the sum)."""
+    at = w_cols[None, :] + k[:, None] * stride_wk
+    codes = tl.load(at, mask=k_ok[:, None] & n_ok[None, :], other=0).to(tl.float32)
+    return _dot(a, codes, acc, PRECISION, UPCAST)
 
 
 @triton.jit
@@ -81,24 +87,33 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
     a_rows = (rows // A_DIV).to(tl.int64)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
     w_cols = expert * stride_we + offs_n * stride_wn  # [BLOCK_N] offsets of column 0
     s_cols = expert * stride_se + offs_n * stride_sn  # [BLOCK_N] offsets of group 0's scale
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_base = a_ptr + a_rows[:, None] * stride_am  # [BLOCK_M, 1]
+    w_at, w2_at = w_ptr + w_cols, w2_ptr + w_cols
     for k0 in range(0, K_DIM, BLOCK_K):
-        k = k0 + offs_k
-        k_ok = k < K_DIM
-        a_at = a_ptr + a_rows[:, None] * stride_am + k[None, :] * stride_ak
-        a = tl.load(a_at, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        s_at = s_cols + (k0 // GROUP) * stride_sg  # BLOCK_K divides GROUP: one group per tile
-        w = _weight_tile(w_ptr + w_cols, scale_ptr + s_at, minv_ptr + s_at, k, k_ok, n_ok,
-                         stride_wk, INT4)  # fmt: skip
-        acc = _dot(a, w, acc, PRECISION, UPCAST)
-        if GLU:
-            w2 = _weight_tile(w2_ptr + w_cols, scale2_ptr + s_at, minv2_ptr + s_at, k, k_ok,
-                              n_ok, stride_wk, INT4)  # fmt: skip
-            acc2 = _dot(a, w2, acc2, PRECISION, UPCAST)
+        if INT4:
+            kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # byte columns: k = 2kb (low), 2kb+1
+            kb_ok = kb < K_DIM // 2
+            a_mask = row_ok[:, None] & kb_ok[None, :]
+            a_even = tl.load(a_base + (2 * kb)[None, :] * stride_ak, mask=a_mask, other=0.0)
+            a_odd = tl.load(a_base + (2 * kb + 1)[None, :] * stride_ak, mask=a_mask, other=0.0)
+            s_at = s_cols + (k0 // GROUP) * stride_sg  # BLOCK_K divides GROUP
+            acc = _int4_step(acc, a_even, a_odd, w_at, scale_ptr + s_at, minv_ptr + s_at, kb,
+                             kb_ok, n_ok, stride_wk, PRECISION, UPCAST)  # fmt: skip
+            if GLU:
+                acc2 = _int4_step(acc2, a_even, a_odd, w2_at, scale2_ptr + s_at, minv2_ptr + s_at,
+                                  kb, kb_ok, n_ok, stride_wk, PRECISION, UPCAST)  # fmt: skip
+        else:
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < K_DIM
+            a = tl.load(a_base + k[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :],
+                        other=0.0)  # fmt: skip
+            acc = _int8_step(acc, a, w_at, k, k_ok, n_ok, stride_wk, PRECISION, UPCAST)
+            if GLU:
+                acc2 = _int8_step(acc2, a, w2_at, k, k_ok, n_ok, stride_wk, PRECISION, UPCAST)
     if not INT4:  # int8: the per-channel scale applies to the whole row of the sum
         acc = acc * tl.load(scale_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GLU:
@@ -157,9 +172,11 @@ def expert_blocks(chosen: Tensor, experts: int, block_m: int) -> tuple[Tensor, T
 
 
 def _block_k(stack, k: int) -> int:
-    """Columns per tile: a power of two that divides the int4 group (one group per tile)."""
-    limit = stack.group if stack.bits == 4 else 128
-    return max(16, min(64, limit, triton.next_power_of_2(k)))
+    """Columns per tile: a power of two that divides the int4 group (one group per tile; int4
+    needs 32, as each of its two dots takes half the tile and a dot at least 16)."""
+    if stack.bits == 4:
+        return min(64, stack.group)  # groups are 32..256, powers of two
+    return max(16, min(64, triton.next_power_of_2(k)))
 
 
 def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, a_div: int,
