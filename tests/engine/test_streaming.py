@@ -12,8 +12,8 @@ from engine.streaming import BlockStream, ExpertCache, StreamedExperts
 E, D, I, K, T = 16, 64, 32, 4, 8  # experts, hidden, expert width, per token, tokens
 
 
-def experts(bits: int, seed=0, device="cpu", dtype=torch.float32, dim=D, width=I):
-    """A packed quantized expert stack with random weights."""
+def experts(bits: int, seed=0, device="cpu", dtype=torch.float32, dim=D, width=I, kernel=None):
+    """A packed quantized expert stack with random weights (`kernel`: as QuantWeight.pack)."""
     generator = torch.Generator().manual_seed(seed)
     module = quant.QuantExperts(E, dim, width, bits)
     for name in ("gate_proj", "up_proj", "down_proj"):
@@ -22,7 +22,7 @@ def experts(bits: int, seed=0, device="cpu", dtype=torch.float32, dim=D, width=I
             w = torch.randn(weight.n, weight.k, generator=generator) * 0.05
             weight.fill(quant.quantize(w, bits, weight.group or quant.DEFAULT_GROUP), e)
     module.to(device)
-    return quant.pack_model(module, dtype).requires_grad_(False)
+    return quant.pack_model(module, dtype, kernel).requires_grad_(False)
 
 
 def routing(seed: int, tokens: int = T, device="cpu", dim=D):
@@ -234,9 +234,13 @@ def test_block_stream_learns_the_order_and_puts_weights_back():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", [4, 8])
-def test_cuda_streamed_layer_matches_the_resident_one(bits):
-    resident = experts(bits, device="cuda", dtype=torch.bfloat16, dim=256, width=128)
-    if bits == 4:  # the tinygemm kernel, not the dequantize fallback
+@pytest.mark.parametrize("kernel", ["loop", "triton"])
+def test_cuda_streamed_layer_matches_the_resident_one(bits, kernel):
+    if kernel == "triton":
+        pytest.importorskip("triton")
+    resident = experts(bits, 0, "cuda", torch.bfloat16, dim=256, width=128, kernel=kernel)
+    assert resident.kind == kernel
+    if bits == 4 and kernel == "loop":  # the tinygemm kernel, not the dequantize fallback
         assert resident.gate_proj.kind == "cuda" and resident.down_proj.kind == "cuda"
     layer = streamed(resident, 5, device="cuda")
     assert all(t.device.type == "cpu" and t.is_pinned() for t in layer.host.values())
