@@ -50,6 +50,21 @@ def test_streamed_layer_is_bit_identical_to_the_resident_one(bits, capacity):
         assert torch.equal(layer(x, weights, chosen), resident(x, weights, chosen))
 
 
+def test_a_bf16_expert_stack_streams_too():
+    """--precision bf16 on the "< 12 GB" plan: the experts are parameters, streamed alike."""
+    from engine.backbone import Experts
+    from engine.tiny import tiny_config
+
+    config = tiny_config(1000, 0)
+    torch.manual_seed(0)
+    resident = Experts(config).requires_grad_(False)
+    for weight in resident.parameters():
+        weight.normal_(0, 0.05)
+    layer = StreamedExperts(resident, ExpertCache(resident, E, 5, "cpu"), 0)
+    x, weights, chosen = routing(0)
+    assert torch.equal(layer(x, weights, chosen), resident(x, weights, chosen))
+
+
 def test_only_hit_experts_are_copied():
     resident = experts(4)
     layer = streamed(resident, E)
