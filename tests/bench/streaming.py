@@ -1,7 +1,7 @@
 """Streaming experts from host memory (the "< 12 GB" preset): one real-width MoE layer, resident
 against streamed, over the 8 denoising steps of one 32-token block.
 
-    python -m tests.bench.streaming [--tokens 32] [--steps 8] [--repeats 3] [--cpu-only]
+    python -m tests.bench.streaming [--tokens 32] [--steps 8] [--repeats 3] [--cpu-only|--cuda-only]
 
 One MoE layer at the real widths (hidden 2048, 256 experts of 512, top-8, one shared expert) in
 int4 with random weights. Each step of the block commits a few more tokens (new inputs) and moves
