@@ -165,6 +165,9 @@ def test_a_stream_plan_streams_every_moe_layer(pipelines):
     assert layers and all(isinstance(m, StreamedExperts) for m in layers)
     assert len({id(m.cache) for m in layers}) == 1  # one pool for all layers
     assert {m.layer for m in layers} == set(range(len(layers)))
+    cache = layers[0].cache  # no budget left: one layer's worth of slots, shared by the layers
+    assert cache.capacity == pipeline.backbone.config.num_experts
+    assert cache.quota < pipeline.backbone.config.num_experts  # so large steps run in chunks
 
 
 def test_a_stream_plan_gives_the_same_logits_and_tokens(pipelines):
