@@ -28,7 +28,7 @@ from torch import Tensor
 
 @triton.jit
 def _int4_step(acc, a_even, a_odd, w_cols, scale_at, minv_at, kb, kb_ok, n_ok, stride_wk,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+               IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """acc + one K tile of a @ w^T for int4: byte columns kb of the tile's rows (w_cols), the
     even columns from the low nibbles, the odd ones from the high (two dots, no shuffle).
 
@@ -38,28 +38,31 @@ def _int4_step(acc, a_even, a_odd, w_cols, scale_at, minv_at, kb, kb_ok, n_ok, s
     byte = tl.load(at, mask=kb_ok[:, None] & n_ok[None, :], other=0).to(tl.int32)
     scale = tl.load(scale_at, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     minv = tl.load(minv_at, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    acc = _dot(a_even, (byte & 0xF).to(tl.float32) * scale + minv, acc, PRECISION, UPCAST)
-    return _dot(a_odd, (byte >> 4).to(tl.float32) * scale + minv, acc, PRECISION, UPCAST)
+    acc = _dot(a_even, (byte & 0xF).to(tl.float32) * scale + minv, acc, IEEE, UPCAST)
+    return _dot(a_odd, (byte >> 4).to(tl.float32) * scale + minv, acc, IEEE, UPCAST)
 
 
 @triton.jit
-def _int8_step(acc, a, w_cols, k, k_ok, n_ok, stride_wk, PRECISION: tl.constexpr,
+def _int8_step(acc, a, w_cols, k, k_ok, n_ok, stride_wk, IEEE: tl.constexpr,
                UPCAST: tl.constexpr):  # fmt: skip
     """acc + one K tile of a @ codes^T for int8 (the per-channel scale comes after the sum)."""
     at = w_cols[None, :] + k[:, None] * stride_wk
     codes = tl.load(at, mask=k_ok[:, None] & n_ok[None, :], other=0).to(tl.float32)
-    return _dot(a, codes, acc, PRECISION, UPCAST)
+    return _dot(a, codes, acc, IEEE, UPCAST)
 
 
 @triton.jit
-def _dot(a, w, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + a @ w with w rounded to a's dtype; UPCAST: the same products on fp32 operands
-    (Triton's interpreter multiplies bf16 operands wrongly; bf16 products are exact in fp32)."""
+def _dot(a, w, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ w with w rounded to a's dtype. IEEE: exact fp32 products (fp32 activations;
+    Triton's default there is tf32). UPCAST: the same products on fp32 operands (Triton's
+    interpreter multiplies bf16 operands wrongly; bf16 products are exact in fp32)."""
     w = w.to(a.dtype)
     if UPCAST:
         return tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+    elif IEEE:
+        return tl.dot(a, w, acc, input_precision="ieee")
     else:
-        return tl.dot(a, w, acc, input_precision=PRECISION)
+        return tl.dot(a, w, acc)
 
 
 @triton.jit
@@ -70,7 +73,7 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
                    stride_se, stride_sn, stride_sg, stride_om, stride_on,
                    INT4: tl.constexpr, GLU: tl.constexpr, GROUP: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """One block of rows of one expert times one BLOCK_N slice of that expert's weight.
 
     Rows are assignment numbers t*K + k (ROWS = T*K marks padding); the activation row of an
@@ -102,18 +105,18 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
             a_odd = tl.load(a_base + (2 * kb + 1)[None, :] * stride_ak, mask=a_mask, other=0.0)
             s_at = s_cols + (k0 // GROUP) * stride_sg  # BLOCK_K divides GROUP
             acc = _int4_step(acc, a_even, a_odd, w_at, scale_ptr + s_at, minv_ptr + s_at, kb,
-                             kb_ok, n_ok, stride_wk, PRECISION, UPCAST)  # fmt: skip
+                             kb_ok, n_ok, stride_wk, IEEE, UPCAST)  # fmt: skip
             if GLU:
                 acc2 = _int4_step(acc2, a_even, a_odd, w2_at, scale2_ptr + s_at, minv2_ptr + s_at,
-                                  kb, kb_ok, n_ok, stride_wk, PRECISION, UPCAST)  # fmt: skip
+                                  kb, kb_ok, n_ok, stride_wk, IEEE, UPCAST)  # fmt: skip
         else:
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K_DIM
             a = tl.load(a_base + k[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :],
                         other=0.0)  # fmt: skip
-            acc = _int8_step(acc, a, w_at, k, k_ok, n_ok, stride_wk, PRECISION, UPCAST)
+            acc = _int8_step(acc, a, w_at, k, k_ok, n_ok, stride_wk, IEEE, UPCAST)
             if GLU:
-                acc2 = _int8_step(acc2, a, w2_at, k, k_ok, n_ok, stride_wk, PRECISION, UPCAST)
+                acc2 = _int8_step(acc2, a, w2_at, k, k_ok, n_ok, stride_wk, IEEE, UPCAST)
     if not INT4:  # int8: the per-channel scale applies to the whole row of the sum
         acc = acc * tl.load(scale_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GLU:
@@ -203,7 +206,7 @@ def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, 
         a.stride(0), a.stride(1), *first.qweight.stride(), *scale_strides, *out.stride(),
         INT4=int4, GLU=len(stacks) == 2, GROUP=first.group if int4 else k,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
+        IEEE=a.dtype == torch.float32,
         UPCAST=INTERPRETED and a.dtype != torch.float32,
     )  # fmt: skip
     return out
