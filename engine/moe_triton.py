@@ -52,6 +52,28 @@ def _int8_step(acc, a, w_cols, k, k_ok, n_ok, stride_wk, IEEE: tl.constexpr,
 
 
 @triton.jit
+def _fp8_step(acc, a, w_cols, scale_at, k, k_ok, n_ok, stride_wk, IEEE: tl.constexpr,
+              UPCAST: tl.constexpr):  # fmt: skip
+    """acc + one K tile of a @ w^T for block FP8: E4M3 bytes times the tile's block scale
+    (BLOCK_K divides the 128-column block; scale_at holds each row's block)."""
+    at = w_cols[None, :] + k[:, None] * stride_wk
+    byte = tl.load(at, mask=k_ok[:, None] & n_ok[None, :], other=0).to(tl.int32)
+    scale = tl.load(scale_at, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    return _dot(a, _e4m3(byte) * scale, acc, IEEE, UPCAST)
+
+
+@triton.jit
+def _e4m3(byte):
+    """FP8 E4M3 (the "fn" kind: bias 7, no infinities) bytes in int32 -> fp32, by bit
+    arithmetic, so any GPU (and the interpreter) decodes them; NaN codes are not expected."""
+    exponent = (byte >> 3) & 0xF
+    mantissa = byte & 0x7
+    normal = (((exponent + 120) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
+    value = tl.where(exponent == 0, mantissa.to(tl.float32) * 0.001953125, normal)  # m * 2^-9
+    return tl.where((byte & 0x80) != 0, -value, value)
+
+
+@triton.jit
 def _dot(a, w, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """acc + a @ w with w rounded to a's dtype. IEEE: exact fp32 products (fp32 activations;
     Triton's default there is tf32). UPCAST: the same products on fp32 operands (Triton's
@@ -71,7 +93,8 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
                    N, K_DIM, A_DIV, ROWS,
                    stride_am, stride_ak, stride_we, stride_wn, stride_wk,
                    stride_se, stride_sn, stride_sg, stride_om, stride_on,
-                   INT4: tl.constexpr, GLU: tl.constexpr, GROUP: tl.constexpr,
+                   INT4: tl.constexpr, FP8: tl.constexpr, GLU: tl.constexpr,
+                   GROUP: tl.constexpr, SCALE_ROWS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    IEEE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """One block of rows of one expert times one BLOCK_N slice of that expert's weight.
@@ -79,6 +102,8 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
     Rows are assignment numbers t*K + k (ROWS = T*K marks padding); the activation row of an
     assignment is its number // A_DIV (A_DIV = K for the tokens, 1 for the gate/up output).
     GLU: two weights (gate, up) give silu(a w^T) * (a w2^T). The output row is the assignment.
+    Scales: int8 per row; int4 per row and GROUP columns; FP8 per SCALE_ROWS rows and GROUP
+    columns (128 x 128 blocks).
     """
     block = tl.program_id(0)
     tile_n = tl.program_id(1)
@@ -91,7 +116,7 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     w_cols = expert * stride_we + offs_n * stride_wn  # [BLOCK_N] offsets of column 0
-    s_cols = expert * stride_se + offs_n * stride_sn  # [BLOCK_N] offsets of group 0's scale
+    s_cols = expert * stride_se + (offs_n // SCALE_ROWS) * stride_sn  # group 0's scales
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     a_base = a_ptr + a_rows[:, None] * stride_am  # [BLOCK_M, 1]
@@ -114,10 +139,18 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
             k_ok = k < K_DIM
             a = tl.load(a_base + k[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :],
                         other=0.0)  # fmt: skip
-            acc = _int8_step(acc, a, w_at, k, k_ok, n_ok, stride_wk, IEEE, UPCAST)
-            if GLU:
-                acc2 = _int8_step(acc2, a, w2_at, k, k_ok, n_ok, stride_wk, IEEE, UPCAST)
-    if not INT4:  # int8: the per-channel scale applies to the whole row of the sum
+            if FP8:
+                s_at = s_cols + (k0 // GROUP) * stride_sg  # BLOCK_K divides GROUP
+                acc = _fp8_step(acc, a, w_at, scale_ptr + s_at, k, k_ok, n_ok, stride_wk, IEEE,
+                                UPCAST)  # fmt: skip
+                if GLU:
+                    acc2 = _fp8_step(acc2, a, w2_at, scale2_ptr + s_at, k, k_ok, n_ok, stride_wk,
+                                     IEEE, UPCAST)  # fmt: skip
+            else:
+                acc = _int8_step(acc, a, w_at, k, k_ok, n_ok, stride_wk, IEEE, UPCAST)
+                if GLU:
+                    acc2 = _int8_step(acc2, a, w2_at, k, k_ok, n_ok, stride_wk, IEEE, UPCAST)
+    if not INT4 and not FP8:  # int8: the per-channel scale applies to the whole row of the sum
         acc = acc * tl.load(scale_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GLU:
             scale2 = tl.load(scale2_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)
@@ -175,8 +208,9 @@ def expert_blocks(chosen: Tensor, experts: int, block_m: int) -> tuple[Tensor, T
 
 
 def _block_k(stack, k: int) -> int:
-    """Columns per tile: a power of two that divides the int4 group (one group per tile; int4
-    needs 32, as each of its two dots takes half the tile and a dot at least 16)."""
+    """Columns per tile: a power of two that divides the int4 group or the FP8 block (one
+    scale per tile; int4 needs 32, as each of its two dots takes half the tile and a dot at
+    least 16)."""
     if stack.bits == 4:
         return min(64, stack.group)  # groups are 32..256, powers of two
     return max(16, min(64, triton.next_power_of_2(k)))
@@ -191,25 +225,60 @@ def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, 
     first = stacks[0]
     second = stacks[-1]
     n, k = first.n, first.k
-    int4 = first.bits == 4
+    int4, fp8 = first.bits == 4, first.bits == "fp8"
     out = torch.empty(assignments, n, dtype=a.dtype, device=a.device)
     block_n = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
     block_k = _block_k(first, k)
-    minv = first.minv if int4 else first.scale  # int8 has no minimum; never read then
+    minv = first.minv if int4 else first.scale  # only int4 has minima; never read otherwise
     minv2 = second.minv if int4 else second.scale
-    scale_strides = first.scale.stride() if int4 else (*first.scale.stride(), 0)
+    scale_strides = (*first.scale.stride(), 0)[:3]  # int8's [E, N] scale: no group stride
+    codes, codes2 = (s.qweight.view(torch.uint8) if fp8 else s.qweight for s in (first, second))
     grid = (block_expert.numel(), triton.cdiv(n, block_n))
     _expert_matmul[grid](
         a, rows, block_expert,
-        first.qweight, first.scale, minv, second.qweight, second.scale, minv2, out,
+        codes, first.scale, minv, codes2, second.scale, minv2, out,
         n, k, a_div, assignments,
         a.stride(0), a.stride(1), *first.qweight.stride(), *scale_strides, *out.stride(),
-        INT4=int4, GLU=len(stacks) == 2, GROUP=first.group if int4 else k,
+        INT4=int4, FP8=fp8, GLU=len(stacks) == 2, GROUP=first.group if int4 or fp8 else k,
+        SCALE_ROWS=FP8_BLOCK if fp8 else 1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         IEEE=a.dtype == torch.float32,
         UPCAST=INTERPRETED and a.dtype != torch.float32,
     )  # fmt: skip
     return out
+
+
+FP8_BLOCK = 128  # rows and columns that share one FP8 scale (backbone_facts.md §7)
+
+
+class BlockFp8:
+    """An FP8 expert stack as the official FP8 checkpoint holds it (backbone_facts.md §7):
+    `qweight` float8_e4m3fn [E, N, K], `scale` fp32 [E, ceil(N/128), ceil(K/128)], w = q * scale.
+    Takes the place of a QuantWeight stack in `moe_forward`."""
+
+    bits = "fp8"
+    group = FP8_BLOCK
+
+    def __init__(self, qweight: Tensor, scale: Tensor):
+        self.qweight, self.scale = qweight, scale
+        self.n, self.k = qweight.shape[-2:]
+
+    @classmethod
+    def quantize(cls, w: Tensor) -> BlockFp8:
+        """w [E, N, K] -> E4M3 codes with one scale per 128 x 128 block (amax / 448)."""
+        e, n, k = w.shape
+        b = FP8_BLOCK
+        padded = torch.nn.functional.pad(w.float(), (0, -k % b, 0, -n % b))
+        blocks = padded.view(e, padded.shape[1] // b, b, padded.shape[2] // b, b)
+        scale = (blocks.abs().amax((2, 4)) / 448).clamp(min=1e-12)  # [E, N/b, K/b]
+        q = blocks / scale[:, :, None, :, None]
+        q = q.view_as(padded)[:, :n, :k].to(torch.float8_e4m3fn).contiguous()
+        return cls(q, scale.contiguous())
+
+    def dequantized(self, expert: int) -> Tensor:
+        """One expert's weight [N, K] in fp32 (the reference)."""
+        scale = self.scale[expert].repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1)
+        return self.qweight[expert].float() * scale[: self.n, : self.k]
 
 
 def check_stacks(gate, up, down) -> None:

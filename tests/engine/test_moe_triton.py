@@ -143,6 +143,42 @@ def test_kernel_matches_the_dequantize_reference(bits, dtype, tokens):
     assert relative_error(out, ref) < BOUND[dtype]
 
 
+def test_kernel_runs_block_fp8_experts():
+    """FP8 E4M3 with 128 x 128 block scales: widths that span two blocks and end mid-tile."""
+    dim, width = 256, 160
+    generator = torch.Generator().manual_seed(6)
+    shapes = ((width, dim), (width, dim), (dim, width))
+    stacks = [moe_triton.BlockFp8.quantize(torch.randn(4, n, k, generator=generator) * 0.05)
+              for n, k in shapes]  # fmt: skip
+    assert stacks[0].scale.shape == (4, 2, 2) and stacks[2].scale.shape == (4, 2, 2)
+    weights, chosen = routing(6, 2, seed=6)
+    chosen = chosen.clamp(max=3)
+    x = torch.randn(6, dim, generator=generator)
+    ref = torch.zeros(6, dim)
+    for t, k in torch.cartesian_prod(torch.arange(6), torch.arange(2)).tolist():
+        gate, up, down = (s.dequantized(int(chosen[t, k])) for s in stacks)
+        ref[t] += weights[t, k] * (down @ (F.silu(gate @ x[t]) * (up @ x[t])))
+    for s in stacks:
+        s.qweight, s.scale = s.qweight.to(DEVICE), s.scale.to(DEVICE)
+    out = moe_triton.moe_forward(*on_device(x, weights, chosen), *stacks)
+    assert relative_error(out, ref) < 1e-5
+
+
+def test_every_fp8_code_decodes_exactly():
+    """All 254 finite E4M3 codes (subnormals, both signs) read back through one projection:
+    identity activations times the weight give the weight itself."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes[codes & 0x7F == 0x7F] = 0  # the two NaN codes
+    stack = moe_triton.BlockFp8(
+        codes.view(1, 16, 16).view(torch.float8_e4m3fn), torch.ones(1, 1, 1)
+    )
+    rows, block_expert = moe_triton.expert_blocks(torch.zeros(16, 1, dtype=torch.int64), 1, 16)
+    eye = torch.eye(16)
+    stack.qweight, stack.scale = stack.qweight.to(DEVICE), stack.scale.to(DEVICE)
+    out = moe_triton.expert_matmul(*on_device(eye, rows, block_expert), (stack,), 1, 16, 16)
+    assert torch.equal(out.cpu().T, codes.view(1, 16, 16).view(torch.float8_e4m3fn)[0].float())
+
+
 def test_kernel_with_no_tokens():
     module = experts(4).to(DEVICE)
     x, weights, chosen = on_device(torch.zeros(0, D), torch.zeros(0, 3), torch.zeros(0, 3).long())
@@ -229,9 +265,10 @@ from triton.compiler import ASTSource
 from engine import moe_triton
 
 fn = moe_triton._expert_matmul
-for bits, glu in ((8, True), (4, True), (8, False), (4, False)):
-    constants = dict(INT4=bits == 4, GLU=glu, GROUP=128 if bits == 4 else 2048, BLOCK_M=16,
-                     BLOCK_N=64, BLOCK_K=64, IEEE=False, UPCAST=False)
+for bits, glu in ((8, True), (4, True), ("fp8", True), (8, False), (4, False), ("fp8", False)):
+    constants = dict(INT4=bits == 4, FP8=bits == "fp8", GLU=glu, GROUP=128,
+                     SCALE_ROWS=128 if bits == "fp8" else 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64,
+                     IEEE=False, UPCAST=False)
     signature = {}
     for name in fn.arg_names:
         if name in constants:
@@ -239,7 +276,9 @@ for bits, glu in ((8, True), (4, True), (8, False), (4, False)):
         elif name in ("rows_ptr", "block_expert_ptr"):
             signature[name] = "*i32"
         elif name in ("w_ptr", "w2_ptr"):
-            signature[name] = "*u8" if bits == 4 else "*i8"
+            signature[name] = "*i8" if bits == 8 else "*u8"
+        elif name.startswith(("scale", "minv")):
+            signature[name] = "*fp32" if bits == "fp8" else "*bf16"
         else:
             signature[name] = "*bf16" if name.endswith("_ptr") else "i32"
     for capability in (80, 90):
@@ -255,14 +294,14 @@ for bits, glu in ((8, True), (4, True), (8, False), (4, False)):
 @pytest.mark.skipif(
     not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="ptxas: x86_64 Linux"
 )
-def test_kernel_compiles_for_ampere_and_hopper(tmp_path):
+def test_kernel_compiles_for_ampere_and_hopper(tmp_path):  # int8, int4, FP8; both projections
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # not the user's ~/.triton
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9 warns when it is unset
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPILE)], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("compiled") == 8
+    assert done.stdout.count("compiled") == 12
 
 
 # ---- on a GPU only -------------------------------------------------------------------------------
