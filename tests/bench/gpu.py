@@ -13,8 +13,9 @@ each written to `--out` as soon as it ends (so a timeout still leaves figures):
   moe_experts           one MoE layer's routed experts for 32 and 1056 tokens, side by side:
                         bf16 grouped matmul; int8 and int4 as a loop of torch's kernels over
                         the hit experts and as engine/moe_triton.py's grouped kernel (CUDA sm80+
-                        with Triton; skipped with a reason elsewhere); FP8 through
-                        torch._scaled_mm (sm89+ only);
+                        with Triton; skipped with a reason elsewhere); FP8 with 128x128
+                        block scales on the same Triton kernel (sm80+), and FP8 with per-row
+                        scales through torch._scaled_mm over the hit experts (sm89+ only);
   decoder_<precision>   one decoder (6.2B DiT, random weights) step at 1024x1024 with CFG
                         (batch 2) in bf16 and int8, and peak VRAM.
 The last line printed is one JSON object (the same as the file).
@@ -256,6 +257,8 @@ def moe_part(sizes: Sizes, device, _precision, repeats: int) -> dict:
         for kernel in kernels:
             experts = quantized_experts(bf16.experts, quant.BITS[precision], dtype, kernel)
             layers[f"{precision} {EXPERT_KERNELS[kernel]}"] = experts
+    if "triton" in kernels:
+        layers["fp8 blocks triton grouped"] = TritonFp8Experts(bf16.experts)
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
         layers["fp8 _scaled_mm, hit experts"] = Fp8Experts(bf16.experts)
     else:
@@ -294,6 +297,23 @@ def quantized_experts(bf16_experts, bits: int, dtype, kernel: str) -> quant.Quan
     quant.pack_model(experts, dtype, experts_kernel=kernel)
     assert experts.kind == kernel, (experts.kind, kernel)
     return experts
+
+
+class TritonFp8Experts(torch.nn.Module):
+    """Routed experts in FP8 E4M3 with 128x128 block scales (the official FP8 checkpoint's
+    format) on engine/moe_triton.py's grouped kernel, activations in bf16."""
+
+    def __init__(self, experts):
+        super().__init__()
+        from engine.moe_triton import BlockFp8
+
+        projs = ("gate_proj", "up_proj", "down_proj")
+        self.stacks = [BlockFp8.quantize(getattr(experts, proj)) for proj in projs]
+
+    def forward(self, x, weights, chosen):
+        from engine.moe_triton import moe_forward
+
+        return moe_forward(x.to(torch.bfloat16), weights, chosen, *self.stacks)
 
 
 class Fp8Experts(torch.nn.Module):
