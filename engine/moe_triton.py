@@ -5,6 +5,8 @@ they are and nothing is repacked:
   int8: `qweight` int8 [E, N, K], `scale` bf16 [E, N]                    w = q * scale
   int4: `qweight` uint8 [E, N, K/2] (even column in the low nibble),
         `scale`, `minv` bf16 [E, N, K/g]                                  w = q * scale + minv
+The same kernel also runs FP8 experts as the official FP8 checkpoint stores them (`BlockFp8`:
+E4M3 with one fp32 scale per 128 x 128 block), decoded in registers on any sm80+ GPU.
 A step is two launches: gate and up together (h = silu(x Wg^T) * (x Wu^T)), then down. Each
 launch covers every hit expert. The assignments (token, slot) are sorted by expert and padded
 per expert to the block size on the device (`expert_blocks`), and the grid is sized by an upper
