@@ -29,6 +29,7 @@ ALL_PARTS = ("backbone", "tokenizer", "image_tokenizer", "decoder", "decoder_tur
 SIGVQ_NAME = "image_tokenizer/sigvq_embedding.pt"  # SigVQ features: the decoder's, in this folder
 ZIP_END, ZIP_TAIL_BYTES = b"PK\x05\x06", 65_536 + 22  # a zip's last record, and how far back
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
+QUANT_MANIFEST = "quantization.json"  # engine/quant.py MANIFEST: a folder `quantize` wrote
 # Root shards might also carry copies of the vision tower; the image tokenizer loads its own folder.
 VISION_PREFIXES = ("model.visual.", "model.vqmodel.")
 DTYPE_BYTES = {
@@ -155,10 +156,10 @@ def _read_json(root: Path, relative: str) -> dict:
         raw = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadCheckpoint(
-            f"{relative} in {root} is not valid JSON ({error}); download it again."
+            f"{relative} in {root} is not valid JSON ({error}); {remedy(root)}."
         ) from error
     if not isinstance(raw, dict):
-        raise BadCheckpoint(f"{relative} in {root} holds no JSON object; download it again.")
+        raise BadCheckpoint(f"{relative} in {root} holds no JSON object; {remedy(root)}.")
     return raw
 
 
@@ -215,44 +216,50 @@ def read_header(path: Path, root: Path) -> dict[str, TensorInfo]:
         raise BadCheckpoint(f"{name} in {root} cannot be read ({error.strerror}).") from error
 
 
+def remedy(path: Path) -> str:
+    """What to do about a broken file under `path`: a folder `quantize` wrote (its manifest in
+    the path or a folder above it) is made again, anything else is downloaded again."""
+    path = Path(path)
+    for folder in [path, *list(path.parents)[:3]]:
+        if (folder / QUANT_MANIFEST).is_file():
+            return "quantize the model again (python main.py quantize)"
+    return "download it again"
+
+
 def _read_header(path: Path, name: str, root: Path) -> dict[str, TensorInfo]:
     size = path.stat().st_size
     with path.open("rb") as file:
         prefix = file.read(8)
         if len(prefix) < 8:
-            raise BadCheckpoint(
-                f"{name} in {root} is truncated ({_bytes(size)}); download it again."
-            )
+            raise BadCheckpoint(f"{name} in {root} is truncated ({_bytes(size)}); {remedy(root)}.")
         (length,) = struct.unpack("<Q", prefix)
         if length > MAX_HEADER_BYTES:
             raise BadCheckpoint(
-                f"{name} in {root} has a corrupt safetensors header; download it again."
+                f"{name} in {root} has a corrupt safetensors header; {remedy(root)}."
             )
         if 8 + length > size:
             raise BadCheckpoint(
                 f"{name} in {root} is truncated ({_part_of(size, 8 + length)}, or more); "
-                "download it again."
+                f"{remedy(root)}."
             )
         text = file.read(length)
     tensors, data_bytes = _parse_header(text, name, root)
     expected = 8 + length + data_bytes
     if size < expected:
         raise BadCheckpoint(
-            f"{name} in {root} is truncated ({_part_of(size, expected)}); download it again."
+            f"{name} in {root} is truncated ({_part_of(size, expected)}); {remedy(root)}."
         )
     if size > expected:
         raise BadCheckpoint(
             f"{name} in {root} has {size - expected:,} bytes more than its header describes, "
-            "so it is corrupt; download it again."
+            f"so it is corrupt; {remedy(root)}."
         )
     return {key: TensorInfo(path, dtype, shape) for key, (dtype, shape) in tensors.items()}
 
 
 def _parse_header(text: bytes, name: str, root: Path) -> tuple[dict, int]:
     """({tensor name: (dtype, shape)}, bytes of tensor data the header accounts for)."""
-    corrupt = BadCheckpoint(
-        f"{name} in {root} has a corrupt safetensors header; download it again."
-    )
+    corrupt = BadCheckpoint(f"{name} in {root} has a corrupt safetensors header; {remedy(root)}.")
     try:
         header = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -320,7 +327,7 @@ def tensor_index(folder: ModelFolder | Path | str) -> dict[str, TensorInfo]:
 def _indexed_tensors(root: Path) -> dict[str, TensorInfo]:
     weight_map = _read_json(root, INDEX_NAME).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise BadCheckpoint(f"{INDEX_NAME} in {root} has no weight_map; download it again.")
+        raise BadCheckpoint(f"{INDEX_NAME} in {root} has no weight_map; {remedy(root)}.")
     shards = []
     for shard in sorted(set(map(str, weight_map.values()))):
         missing = f"Shard {shard} is missing from {root} (named in {INDEX_NAME})."
@@ -435,7 +442,7 @@ def _check_tokenizer(root: Path) -> None:
     with path.open("rb") as file:
         if file.read(64).lstrip()[:1] != b"{":
             raise BadCheckpoint(
-                f"tokenizer.json in {root} is not a tokenizer file; download it again."
+                f"tokenizer.json in {root} is not a tokenizer file; {remedy(root)}."
             )
 
 
@@ -450,7 +457,7 @@ def _check_weights_folder(root: Path, part: str, needed_for: str) -> None:
     _require(
         root,
         f"{part}/config.json",
-        f"The {part}/ folder in {root} has no config.json; download it again.",
+        f"The {part}/ folder in {root} has no config.json; {remedy(root)}.",
     )
     files = sorted(folder.glob("*.safetensors"))
     indexes = sorted(folder.glob("*.safetensors.index.json"))
@@ -461,7 +468,7 @@ def _check_weights_folder(root: Path, part: str, needed_for: str) -> None:
             _require(folder, shard, missing)
     if not files:
         raise BadCheckpoint(
-            f"The {part}/ folder in {root} has no .safetensors weights; download it again."
+            f"The {part}/ folder in {root} has no .safetensors weights; {remedy(root)}."
         )
     for file in files:
         read_header(file, root)
@@ -490,7 +497,7 @@ def _check_torch_file(root: Path, relative: str, needed_for: str) -> None:
         file.seek(max(0, size - ZIP_TAIL_BYTES))
         tail = file.read()
     if size == 0 or (is_zip and ZIP_END not in tail):
-        raise BadCheckpoint(f"{relative} in {root} is truncated; download it again.")
+        raise BadCheckpoint(f"{relative} in {root} is truncated; {remedy(root)}.")
 
 
 def validate_model_folder(

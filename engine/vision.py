@@ -24,6 +24,7 @@ from engine.buckets import (  # noqa: F401 (moved there, torch-free)
     nearest_bucket,
     understanding_size,
 )
+from engine.checkpoint import remedy
 from engine.errors import BadCheckpoint, BadInput
 from engine.imagefile import MAX_PIXELS, read_image  # noqa: F401 (moved there, torch-free)
 
@@ -373,7 +374,9 @@ def read_safetensors(
                             tensor = tensor.to(dtype, copy=True)
                         state[name] = tensor
         except (SafetensorError, OSError) as error:
-            raise BadCheckpoint(f"{file} is truncated or not a safetensors file.") from error
+            raise BadCheckpoint(
+                f"{file} is truncated or not a safetensors file; {remedy(file)}."
+            ) from error
     return state
 
 

@@ -241,6 +241,20 @@ def test_truncated_shard(model):
     assert f"{shard.name} in {model} is truncated (" in message and " of " in message
 
 
+def test_a_broken_file_in_a_folder_quantize_wrote_says_to_quantize_again(model):
+    """Downloading again cannot mend what `quantize` wrote; the sentence says what can."""
+    shard = model / shard_names(model)[2]
+    os.truncate(shard, shard.stat().st_size // 2)
+    assert bad(model).endswith("download it again.")
+    from engine import quant
+
+    assert quant.MANIFEST == "quantization.json"  # the file checkpoint.remedy looks for
+    (model / quant.MANIFEST).write_text("{}")
+    message = bad(model)
+    assert "is truncated" in message and "quantize the model again" in message
+    assert "download" not in message
+
+
 def test_shard_cut_inside_its_header(model):
     shard = model / shard_names(model)[0]
     os.truncate(shard, 100)

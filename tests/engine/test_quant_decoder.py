@@ -156,6 +156,7 @@ def test_truncated_stored_decoder_gets_one_sentence(int8_folder, tmp_path):
     for error in (direct.value, loading.value):
         sentence = str(error)
         assert "truncated" in sentence and "model.safetensors" in sentence
+        assert "quantize the model again" in sentence  # quantize wrote it: not a download
         assert sentence.endswith(".") and sentence.count(". ") == 0 and "\n" not in sentence
 
 
