@@ -259,6 +259,7 @@ def make_plan(
             p.where = "gpu in turns, else pinned host"
     if preset.mode == "stream":
         parts[0].where = "gpu, experts streamed from host"
+        parts[2].where = "gpu in turns, blocks streamed from host"
     return plan
 
 
