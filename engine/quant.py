@@ -628,11 +628,22 @@ def mapped_tensors(path: Path):
                 flat = torch.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
             yield name, flat.view(entry["shape"])
             del flat
+            _release(mm, start + begin, start + end)
     finally:
         try:
             mm.close()
         except BufferError:  # a caller still holds a view: the map closes when it goes
             pass
+
+
+def _release(mm: mmap.mmap, begin: int, end: int) -> None:
+    """Drop the pages of a tensor already used from the process's resident set. The map is a
+    read-only file mapping, so a page touched again is read back from the file: always safe."""
+    if not hasattr(mmap, "MADV_DONTNEED"):  # Windows: the pages go when the map closes
+        return
+    first = begin - begin % mmap.PAGESIZE
+    if end > first:
+        mm.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 def stream_into(
