@@ -22,6 +22,8 @@ are used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -218,8 +220,19 @@ def _block_k(stack, k: int) -> int:
     return max(16, min(64, triton.next_power_of_2(k)))
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """A launch's shape: weight rows (output columns) per program, warps and pipeline stages.
+    Rows of activations per block come from the routing (`block_rows`). Not tuned on a GPU
+    yet: tests/bench/gpu.py measures a few."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+
 def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, a_div: int,
-                  block_m: int, assignments: int) -> Tensor:  # fmt: skip
+                  block_m: int, assignments: int, tiles: Tiles = Tiles()) -> Tensor:  # fmt: skip
     """One launch over every block: [assignments, N] in a's dtype (padding rows untouched).
 
     stacks: one QuantWeight stack, or two (gate, up: the output is silu(gate) * up).
@@ -229,7 +242,7 @@ def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, 
     n, k = first.n, first.k
     int4, fp8 = first.bits == 4, first.bits == "fp8"
     out = torch.empty(assignments, n, dtype=a.dtype, device=a.device)
-    block_n = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
+    block_n = min(tiles.block_n, max(16, triton.next_power_of_2(n)))
     block_k = _block_k(first, k)
     minv = first.minv if int4 else first.scale  # only int4 has minima; never read otherwise
     minv2 = second.minv if int4 else second.scale
@@ -246,6 +259,7 @@ def expert_matmul(a: Tensor, rows: Tensor, block_expert: Tensor, stacks: tuple, 
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         IEEE=a.dtype == torch.float32,
         UPCAST=INTERPRETED and a.dtype != torch.float32,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
     return out
 
@@ -294,11 +308,12 @@ def check_stacks(gate, up, down) -> None:
         raise ValueError("gate/up [E, I, D] and down [E, D, I] do not match")
 
 
-def moe_forward(x: Tensor, weights: Tensor, chosen: Tensor, gate, up, down) -> Tensor:
+def moe_forward(x: Tensor, weights: Tensor, chosen: Tensor, gate, up, down,
+                tiles: Tiles = Tiles()) -> Tensor:  # fmt: skip
     """x [T, D], weights/chosen [T, K] -> [T, D] fp32: sum_k weights * down(silu(gate)*up).
 
-    gate, up, down: QuantWeight stacks in the neutral format (engine/quant.py). Two launches,
-    no host sync.
+    gate, up, down: QuantWeight stacks in the neutral format (engine/quant.py) or `BlockFp8`.
+    Two launches, no host sync.
     """
     check_stacks(gate, up, down)
     tokens, top = chosen.shape
@@ -310,7 +325,7 @@ def moe_forward(x: Tensor, weights: Tensor, chosen: Tensor, gate, up, down) -> T
     block_m = block_rows(assignments, experts)
     rows, block_expert = expert_blocks(chosen, experts, block_m)
     x = x.contiguous()
-    h = expert_matmul(x, rows, block_expert, (gate, up), top, block_m, assignments)
-    y = expert_matmul(h, rows, block_expert, (down,), 1, block_m, assignments)
+    h = expert_matmul(x, rows, block_expert, (gate, up), top, block_m, assignments, tiles)
+    y = expert_matmul(h, rows, block_expert, (down,), 1, block_m, assignments, tiles)
     y = y.float() * weights.reshape(-1, 1).float()
     return y.view(tokens, top, dim).sum(1)

@@ -279,8 +279,29 @@ def moe_part(sizes: Sizes, device, _precision, repeats: int) -> dict:
         bf16_ms = row["bf16 grouped_mm"]["ms"]
         for name in layers:
             row[name]["x_bf16_time"] = round(row[name]["ms"] / bf16_ms, 2)
+        if "triton" in kernels:  # other launch shapes, to tune moe_triton.Tiles
+            int4 = layers[f"int4 {EXPERT_KERNELS['triton']}"]
+            row["int4 triton tiles ms"] = tile_sweep(int4, (x, weights, chosen), device, repeats)
         result[f"{tokens}_tokens"] = row
     return result
+
+
+def tile_sweep(experts, inputs, device, repeats: int) -> dict:
+    """ms of the int4 Triton experts per launch shape (block_n, warps, stages)."""
+    from engine.moe_triton import Tiles, moe_forward
+    from tests.bench.backbone import timed
+
+    x, weights, chosen = inputs
+    stacks = (experts.gate_proj, experts.up_proj, experts.down_proj)
+    shapes = [(32, 4, 3), (64, 4, 3), (128, 4, 3), (64, 8, 3), (128, 8, 3), (64, 4, 4)]
+    figures = {}
+    for block_n, warps, stages in shapes:
+        tiles = Tiles(block_n, warps, stages)
+        run = lambda t=tiles: (moe_forward(x, weights, chosen, *stacks, tiles=t), sync(device))  # noqa: E731
+        with torch.inference_mode():
+            seconds = timed(run, max(repeats, MOE_REPEATS))
+        figures[f"n{block_n}_w{warps}_s{stages}"] = round(seconds * 1e3, 3)
+    return figures
 
 
 EXPERT_KERNELS = {"loop": "loop of torch kernels, hit experts", "triton": "triton grouped"}

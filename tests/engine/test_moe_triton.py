@@ -164,6 +164,16 @@ def test_kernel_runs_block_fp8_experts():
     assert relative_error(out, ref) < 1e-5
 
 
+def test_launch_shape_does_not_change_the_result():
+    module = experts(4).to(DEVICE)
+    weights, chosen = routing(20, 3, seed=7)
+    x, weights, chosen = on_device(torch.randn(20, D), weights, chosen)
+    default = moe_triton.moe_forward(x, weights, chosen, *module.children())
+    narrow = moe_triton.Tiles(block_n=16, num_warps=2, num_stages=2)
+    other = moe_triton.moe_forward(x, weights, chosen, *module.children(), tiles=narrow)
+    torch.testing.assert_close(other, default, rtol=1e-5, atol=1e-6)
+
+
 def test_every_fp8_code_decodes_exactly():
     """All 254 finite E4M3 codes (subnormals, both signs) read back through one projection:
     identity activations times the weight give the weight itself."""
