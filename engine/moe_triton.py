@@ -17,7 +17,9 @@ accumulators; no expert is ever dequantized to memory.
 
 Triton is imported here only; engine/quant.py imports this module lazily, on CUDA (or when the
 tests force it under TRITON_INTERPRET=1 on the CPU). Only Triton features present from 3.3 on
-are used.
+are used, and only Triton's builtins (not tl.zeros or tl.sigmoid, which are jit functions of
+Triton's own), so the tests can interpret a copy of this module in a process where Triton was
+imported for compiling.
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
     n_ok = offs_n < N
     w_cols = expert * stride_we + offs_n * stride_wn  # [BLOCK_N] offsets of column 0
     s_cols = expert * stride_se + (offs_n // SCALE_ROWS) * stride_sn  # group 0's scales
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     a_base = a_ptr + a_rows[:, None] * stride_am  # [BLOCK_M, 1]
     w_at, w2_at = w_ptr + w_cols, w2_ptr + w_cols
     for k0 in range(0, K_DIM, BLOCK_K):
@@ -160,7 +162,7 @@ def _expert_matmul(a_ptr, rows_ptr, block_expert_ptr,
             scale2 = tl.load(scale2_ptr + s_cols, mask=n_ok, other=0.0).to(tl.float32)
             acc2 = acc2 * scale2[None, :]
     if GLU:
-        acc = acc * tl.sigmoid(acc) * acc2
+        acc = acc / (1 + tl.exp(-acc)) * acc2  # silu(gate) * up
     out_at = out_ptr + rows[:, None].to(tl.int64) * stride_om + offs_n[None, :] * stride_on
     tl.store(out_at, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 

@@ -1,12 +1,15 @@
 """The grouped Triton experts kernel (engine/moe_triton.py) against the dequantize reference.
 
-Without CUDA the kernel runs on the CPU under Triton's interpreter. Triton decides that when it
-is imported (its own jit helpers such as tl.zeros are decorated then), so this module sets
-TRITON_INTERPRET=1, imports Triton and the kernel module, and restores the variable at once; a
-fixture sets it again while this module's tests run (the interpreter reads it then too).
-Nothing else in the test run uses Triton on the CPU. With CUDA the same tests run the compiled
-kernel on the GPU. The source is also compiled for sm80 and sm90 in a subprocess (Triton's own
-ptxas, no GPU needed), which checks what the interpreter does not.
+Without CUDA the kernel runs on the CPU under Triton's interpreter. Triton makes each @jit
+function interpreted or compiled when it is decorated, reading TRITON_INTERPRET then, and
+Triton may have been imported already (torch._dynamo imports it, e.g. under diffusers). So
+this module loads its own copy of engine/moe_triton.py with TRITON_INTERPRET=1 and restores
+the variable at once; the kernel calls only Triton builtins, none of Triton's own jit helpers
+(tl.zeros, tl.sigmoid) that were decorated earlier. A fixture sets the variable again and puts
+the copy in sys.modules (for QuantExperts) while this module's tests run, and only then. With
+CUDA the same tests run the compiled kernel on the GPU. The source is also compiled for sm80
+and sm90 in a subprocess (Triton's own ptxas, no GPU needed), which checks what the
+interpreter does not.
 """
 
 import importlib.util
@@ -15,6 +18,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,30 +30,35 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-if not CUDA and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("Triton was imported before its interpreter could be set; run this file alone",
-                allow_module_level=True)  # fmt: skip
-_saved = os.environ.get("TRITON_INTERPRET")
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    import triton.language  # noqa: F401  (decorated now: interpreted on the CPU)
 
-    from engine import moe_triton
-finally:
-    if _saved is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+
+def kernel_module():
+    """engine.moe_triton itself on CUDA; without CUDA a copy decorated for the interpreter."""
+    if CUDA:
+        return importlib.import_module("engine.moe_triton")
+    import triton.language  # noqa: F401  (Triton's own helpers: never interpreted, as in the app)
+
+    name, path = "engine.moe_triton", Path(quant.__file__).with_name("moe_triton.py")
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path))
+    with pytest.MonkeyPatch.context() as patch:  # undone at the end of the block
+        patch.setenv("TRITON_INTERPRET", "1")
+        patch.setitem(sys.modules, name, module)  # where @dataclass looks while it runs
+        module.__spec__.loader.exec_module(module)
+    return module
+
+
+moe_triton = kernel_module()
 assert moe_triton.INTERPRETED != CUDA
 
 
 @pytest.fixture(autouse=True, scope="module")
 def interpreter():
-    """The interpreter also reads TRITON_INTERPRET as it runs: set for this module's tests."""
+    """While this module's tests run: TRITON_INTERPRET set (the interpreter reads it as it
+    runs too) and the interpreted copy in sys.modules, where QuantExperts imports it."""
     with pytest.MonkeyPatch.context() as patch:
         if not CUDA:
             patch.setenv("TRITON_INTERPRET", "1")
+            patch.setitem(sys.modules, "engine.moe_triton", moe_triton)
         yield
 
 
