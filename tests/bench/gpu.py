@@ -16,6 +16,10 @@ each written to `--out` as soon as it ends (so a timeout still leaves figures):
                         with Triton; skipped with a reason elsewhere); FP8 with 128x128
                         block scales on the same Triton kernel (sm80+), and FP8 with per-row
                         scales through torch._scaled_mm over the hit experts (sm89+ only);
+  streaming             the "< 12 GB" preset's experts: one real-width int4 MoE layer over the 8
+                        steps of a 32-token block, resident against streamed from pinned host
+                        memory into device slots (tests/bench/streaming.py), ms per step, MB
+                        copied per step and the slot hit rate, for three pool sizes;
   decoder_<precision>   one decoder (6.2B DiT, random weights) step at 1024x1024 with CFG
                         (batch 2) in bf16 and int8, and peak VRAM.
 The last line printed is one JSON object (the same as the file).
@@ -56,6 +60,7 @@ def main() -> None:
     sizes = Sizes.smoke() if options.smoke else Sizes.real()
     parts = [(f"backbone_{p}", backbone_part, p) for p in quant.PRECISIONS]
     parts += [("moe_experts", moe_part, None)]
+    parts += [("streaming", streaming_part, None)]
     parts += [(f"decoder_{p}", decoder_part, p) for p in ("bf16", "int8")]
     started = time.perf_counter()
     for name, run, precision in parts:
@@ -380,6 +385,16 @@ class Fp8Experts(torch.nn.Module):
             start += count
         ys = ys.float() * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros(T, x.shape[-1], device=x.device).index_add_(0, token_of, ys)
+
+
+def streaming_part(sizes: Sizes, device, _precision, repeats: int) -> dict:
+    """tests/bench/streaming.py's measurement on this device (real widths: skipped by --smoke,
+    whose CPU run of that benchmark is `python -m tests.bench.streaming --cpu-only`)."""
+    if device.type != "cuda":
+        return {"skipped": "real widths only; run python -m tests.bench.streaming --cpu-only"}
+    from tests.bench import streaming
+
+    return streaming.measure(device, tokens=32, steps=8, repeats=repeats)
 
 
 def decoder_part(sizes: Sizes, device, precision: str, repeats: int) -> dict:
