@@ -22,15 +22,30 @@ DEVICES = ("auto", "cuda", "mps", "cpu")  # "cuda:N" is accepted too (engine/arg
 PRECISIONS = ("auto", "bf16", "int8", "int4")  # engine/quant.py PRECISIONS; auto: the plan's
 THEMES = ("system", "dark", "light")
 
-# What each VRAM preset means to the engine: how much of the model stays on the GPU.
+# What each VRAM preset means to the engine: how much of the model stays on the GPU. The keys are
+# what settings.json stores; the labels are what the settings dialog shows (by card size).
 VRAM_PRESETS = {
-    "auto": "Choose from the GPU's memory when the model loads",
-    "high": "Everything on the GPU (48 GB or more at bf16)",
-    "medium": "Backbone and decoder take turns on the GPU, the idle one in CPU memory (12-16 GB)",
-    "low": "Experts stream from CPU memory as they are needed (slow; under 12 GB)",
+    "auto": "Chosen from the GPU's free memory when the model loads",
+    "high": "Everything on the GPU at full precision (bf16)",
+    "standard": "Everything on the GPU: backbone int4, decoder int8",
+    "medium": "Backbone and decoder take turns on the GPU, the idle one in CPU memory",
+    "low": "Experts and decoder blocks stream from CPU memory as needed: works, but slowly",
+}
+VRAM_LABELS = {
+    "auto": "Auto",
+    "high": "48 GB or more",
+    "standard": "24 GB",
+    "medium": "12-16 GB",
+    "low": "Under 12 GB",
 }
 # The GPU memory (GiB) each preset tells the engine's residency plan (engine/residency.py PRESETS)
-VRAM_GIB = {"auto": None, "high": 48.0, "medium": 16.0, "low": 10.0}
+VRAM_GIB = {"auto": None, "high": 48.0, "standard": 24.0, "medium": 16.0, "low": 10.0}
+PRECISION_HINTS = {
+    "auto": "The memory plan's precision for this card",
+    "bf16": "The original weights: best quality, most memory",
+    "int8": "About half the memory of bf16, very close in quality",
+    "int4": "About a third of the memory of bf16, with some loss of quality",
+}
 
 # Disk and GPU memory by precision, for the first-run page (backbone_facts.md §8: backbone 16B
 # parameters, about 32 GB at bf16; decoder ~12 GB; VAE, SigVQ and tokenizer ~3 GB; the bf16

@@ -249,6 +249,18 @@ async def first_run(shot: Shot) -> None:
     dialog.close()
 
 
+@state("settings")
+async def settings(shot: Shot) -> None:
+    """Settings, Model tab: where the precision, the VRAM preset and the fallback are chosen."""
+    from ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(shot.window.settings, shot.window)
+    dialog.show()
+    await shot.settle(0.5)
+    shot.grabbed = dialog.grab()
+    dialog.close()
+
+
 # ------------------------------------------------------------------ running them
 
 

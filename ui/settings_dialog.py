@@ -24,7 +24,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.settings import DEVICES, PRECISIONS, THEMES, VRAM_PRESETS, Settings
+from app.settings import (
+    DEVICES,
+    PRECISION_HINTS,
+    PRECISIONS,
+    THEMES,
+    VRAM_LABELS,
+    VRAM_PRESETS,
+    Settings,
+)
 from ui.backend_page import BackendPage
 
 # Changing one of these reloads the engine's model (the engine takes them with LoadModel).
@@ -79,13 +87,22 @@ class SettingsDialog(QDialog):
                                        "one; cuda:1 names the second GPU"))  # fmt: skip
         self.precision = QComboBox()
         self.precision.addItems(PRECISIONS)
-        self.precision.setToolTip(self.tr("bf16 is the original; int8 and int4 need less GPU "
-                                          "memory and a quantized folder"))  # fmt: skip
+        self.precision.setToolTip(self.tr(
+            "bf16 is the original; int8 and int4 need less GPU memory, and load fast from a "
+            "quantized folder"))  # fmt: skip
+        self.precision_hint = self._hint()
+        self.precision.currentTextChanged.connect(
+            lambda text: self.precision_hint.setText(self.tr(PRECISION_HINTS.get(text, "")))
+        )
         self.vram = QComboBox()
         for preset, meaning in VRAM_PRESETS.items():
-            self.vram.addItem(preset, preset)
-            self.vram.setItemData(self.vram.count() - 1, meaning, 3)  # Qt.ToolTipRole
-        self.vram.setToolTip(self.tr("How much of the model stays on the GPU"))
+            self.vram.addItem(self.tr(VRAM_LABELS[preset]), preset)
+            self.vram.setItemData(self.vram.count() - 1, self.tr(meaning), 3)  # Qt.ToolTipRole
+        self.vram.setToolTip(self.tr("The card's memory: how much of the model stays on the GPU"))
+        self.vram_hint = self._hint()
+        self.vram.currentIndexChanged.connect(
+            lambda: self.vram_hint.setText(self.tr(VRAM_PRESETS[self.vram.currentData()]))
+        )
         self.allow_lower = QCheckBox(
             self.tr("Allow a lower preset after running out of GPU memory")
         )
@@ -98,8 +115,8 @@ class SettingsDialog(QDialog):
         form = QFormLayout()
         form.addRow(self.tr("Model folder"), self._with_browse(self.model_folder))
         form.addRow(self.tr("Device"), self.device)
-        form.addRow(self.tr("Precision"), self.precision)
-        form.addRow(self.tr("VRAM preset"), self.vram)
+        form.addRow(self.tr("Precision"), self._with_hint(self.precision, self.precision_hint))
+        form.addRow(self.tr("VRAM preset"), self._with_hint(self.vram, self.vram_hint))
         form.addRow("", self.allow_lower)
         form.addRow(self.tr("Results folder"), self._with_browse(self.results_folder))
         return self._page(form)
@@ -156,6 +173,8 @@ class SettingsDialog(QDialog):
         self.device.setCurrentText(s.device)
         self.precision.setCurrentText(s.precision)
         self.vram.setCurrentIndex(max(0, self.vram.findData(s.vram_preset)))
+        self.vram_hint.setText(self.tr(VRAM_PRESETS[self.vram.currentData()]))
+        self.precision_hint.setText(self.tr(PRECISION_HINTS.get(self.precision.currentText(), "")))
         self.allow_lower.setChecked(s.allow_lower_preset)
         self.results_folder.setText(s.results_folder)
         self.theme.setCurrentText(s.theme)
@@ -214,6 +233,21 @@ class SettingsDialog(QDialog):
             self.theme_changed.emit(new.theme)
 
     # ------------------------------------------------------------ small parts
+
+    def _hint(self) -> QLabel:
+        """A line under a choice saying what the chosen value means."""
+        hint = QLabel(wordWrap=True)
+        hint.setEnabled(False)  # drawn dimmed, as secondary text
+        return hint
+
+    def _with_hint(self, choice: QWidget, hint: QLabel) -> QWidget:
+        box = QWidget()
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        column.addWidget(choice)
+        column.addWidget(hint)
+        return box
 
     def _with_browse(self, line: QLineEdit) -> QWidget:
         browse = QPushButton(self.tr("Browse…"))

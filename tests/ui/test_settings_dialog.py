@@ -79,3 +79,20 @@ def test_allowing_a_lower_preset_is_saved_and_reloads_with_it(qtbot, tmp_path, m
     again = SettingsDialog(settings)  # shows the stored choice
     qtbot.addWidget(again)
     assert again.allow_lower.isChecked()
+
+
+def test_vram_presets_are_named_by_card_size_and_say_what_they_do(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr("app.settings.default_path", lambda: tmp_path / "settings.json")
+    dialog = SettingsDialog(Settings(model_folder="/models/uni"))
+    qtbot.addWidget(dialog)
+    shown = [dialog.vram.itemText(i) for i in range(dialog.vram.count())]
+    assert shown == ["Auto", "48 GB or more", "24 GB", "12-16 GB", "Under 12 GB"]
+    dialog.vram.setCurrentIndex(dialog.vram.findData("standard"))
+    assert "backbone int4, decoder int8" in dialog.vram_hint.text()
+    dialog.vram.setCurrentIndex(dialog.vram.findData("low"))
+    assert "slowly" in dialog.vram_hint.text()
+    dialog.precision.setCurrentText("int4")
+    assert "third of the memory" in dialog.precision_hint.text()
+    dialog.vram.setCurrentIndex(dialog.vram.findData("standard"))
+    request = dialog.values().load_request()
+    assert (request.vram, request.precision) == (24.0, "int4")  # the engine's "24 GB" plan
