@@ -535,9 +535,13 @@ class Pipeline:
         top_p: float | None = None,
         on_progress: OnProgress | None = None,
         on_preview: OnPreview | None = None,
+        on_place: Callable[[tuple[int, int, int, int]], None] | None = None,
     ) -> ImageOutput:
         """Instruction edit. With a mask only the masked tokens are generated (the rest stay the
-        source tokens) in a context crop, and only pixels under the feathered mask change."""
+        source tokens) in a context crop, and only pixels under the feathered mask change.
+
+        `on_place` learns, before the first preview, the crop (x0, y0, x1, y1 in the image's
+        pixels) that the previews show, so a window can draw them over the edited region."""
         started = time.perf_counter()
         instruction = need_text(instruction, NO_INSTRUCTION)
         image = check_image(image)
@@ -555,6 +559,8 @@ class Pipeline:
             else masking.validate_mask(mask, image.shape)
         )
         plan = masking.plan_edit(image.shape[:2], full, buckets=vision.edit_buckets(d.edit_budget))
+        if on_place is not None:
+            on_place(tuple(int(v) for v in plan.box))
         crop = masking.crop_to_bucket(image, plan)
         source = self.tokenize(crop, on_progress)
         gh, gw = source.grid

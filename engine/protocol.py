@@ -183,6 +183,9 @@ class Progress:
     step: int
     total: int
     preview: np.ndarray | None = None  # [h, w, 3] uint8, small, where cheap
+    # Where the preview sits in the request's image, (x0, y0, x1, y1) in its pixels: a masked
+    # edit's context crop. None: the preview stands for the whole image.
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class Worker:
         self._cancelled: set[str] = set()
         self._running = ""
         self._preview: np.ndarray | None = None  # the decode step's picture, sent with its step
+        self._preview_box: tuple[int, int, int, int] | None = None  # where the pictures sit
         self._lock = threading.Lock()
 
     def accept(self, request: Request) -> None:
@@ -141,6 +142,7 @@ class Worker:
             self._emit(Failed(job_id, self._sentence(error), _code(error)))
         finally:
             self._preview = None  # a cancelled step's picture must not reach the next job
+            self._preview_box = None
             with self._lock:
                 self._running = ""
                 self._cancelled.discard(job_id)
@@ -176,6 +178,7 @@ class Worker:
                     **_options(request, "image", "instruction"),
                     on_progress=self._on_progress(job_id),
                     on_preview=self._on_preview,
+                    on_place=self._on_place,
                 )
                 self._emit(ImageResult(job_id, out.image, dict(out.metadata), out.thinking))
             case Understand():
@@ -243,7 +246,8 @@ class Worker:
                 raise Cancelled("The job was cancelled.")
             if kind is Progress:
                 preview, self._preview = self._preview, None
-                self._emit(Progress(job_id, stage, step, total, preview))
+                box = self._preview_box if preview is not None else None
+                self._emit(Progress(job_id, stage, step, total, preview, box))
             else:
                 self._emit(kind(job_id, stage, step, total))
 
@@ -252,6 +256,10 @@ class Worker:
     def _on_preview(self, preview: np.ndarray) -> None:
         """Keep a step's preview until that step's progress report carries it."""
         self._preview = preview
+
+    def _on_place(self, box: tuple[int, int, int, int]) -> None:
+        """Where this job's previews sit in its image (a masked edit's crop)."""
+        self._preview_box = box
 
     def _on_text(self, job_id: str) -> Callable[[str], None]:
         return lambda text: self._emit(TextDelta(job_id, text))

@@ -62,12 +62,18 @@ class FakePipeline:
              cfg_image_scale=None, cfg_rescale=None, turbo=None, decoder_steps=None,
              resolution_multiplier=None, block_length=None, threshold=None, use_cache=None,
              temperature=None, top_k=None, top_p=None, on_progress=None,
-             on_preview=None) -> FakeOutput:  # fmt: skip
+             on_preview=None, on_place=None) -> FakeOutput:  # fmt: skip
         self.calls.append("edit")
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8):
             raise BadInput("The image to edit is not a readable RGB picture.")
         self._special(instruction)
-        self._steps(steps, on_progress)
+        if on_place is not None:  # as the real one: the previews show the mask's box
+            rows, cols = np.nonzero(mask) if mask is not None and mask.any() else ([0], [0])
+            whole = mask is None or not mask.any()
+            h, w = image.shape[:2]
+            box = (0, 0, w, h) if whole else (min(cols), min(rows), max(cols) + 1, max(rows) + 1)
+            on_place(tuple(int(v) for v in box))
+        self._steps(steps, on_progress, on_preview=on_preview)
         out = image.copy()
         where = mask if mask is not None else np.ones(image.shape[:2], bool)
         out[where] = 255 - image[where] + np.uint8(seed % 256)  # wraps around

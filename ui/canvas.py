@@ -237,9 +237,9 @@ class CanvasView(QWidget):
         """Show a job's stage text, step of total, and its preview.
 
         The preview covers `box` (x0, y0, x1, y1 in image pixels) when given, else the whole
-        image when it has the image's shape. A preview of another shape (a masked edit's
-        context crop, whose place the engine does not report) shows as a thumbnail above the
-        progress bar instead of stretched over the wrong pixels.
+        image when it has the image's shape. A masked edit's previews show its context crop,
+        whose box the engine reports (Progress.box); a preview of another shape without a box
+        shows as a thumbnail above the progress bar instead of stretched over the wrong pixels.
         """
         old = self._progress
         picture = None

@@ -120,7 +120,8 @@ class DocumentPage(QWidget):
             return
         p = running.progress
         stage = self.tr(STAGE_NAMES.get(p.stage, p.stage))
-        self.canvas.set_progress(self.tr("Preview · {0}").format(stage), p.step, p.total, p.preview)
+        title = self.tr("Preview · {0}").format(stage)
+        self.canvas.set_progress(title, p.step, p.total, p.preview, p.box)
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)

@@ -1,5 +1,6 @@
 """The user tasks end to end on the tiny checkpoint: sizes, seeds, masked edits, chat, cancel."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -327,3 +328,22 @@ def test_bad_parameters_get_the_sentence_of_the_rule_table(pipeline, options, wo
     with pytest.raises(BadInput) as caught:
         pipeline.generate("a fox", width=256, height=256, **options)
     assert words in str(caught.value)
+
+
+def test_a_masked_edit_says_where_its_previews_sit_before_the_first(pipeline):
+    image = np.full((300, 400, 3), 128, np.uint8)
+    mask = np.zeros((300, 400), bool)
+    mask[100:160, 250:330] = True
+    events = []
+    out = pipeline.edit(
+        image,
+        "make it blue",
+        mask=mask,
+        steps=2,
+        on_place=lambda box: events.append(("box", box)),
+        on_preview=lambda picture: events.append(("preview", picture.shape)),
+    )
+    assert events[0] == ("box", tuple(json.loads(out.metadata["box"])))  # the crop it shows
+    x0, y0, x1, y1 = events[0][1]
+    assert x0 <= 250 and y0 <= 100 and x1 >= 330 and y1 >= 160  # it holds the mask
+    assert sum(1 for e in events if e[0] == "box") == 1 and len(events) > 1

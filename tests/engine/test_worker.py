@@ -172,3 +172,14 @@ def test_cancel_reaches_a_load(tmp_path):
 def test_echo_answers_at_once(run):
     events = run.job(p.Echo("e", IMAGE, (3, 2, 3)))
     assert events[0].image.shape == (3, 2, 3) and isinstance(events[1], p.Finished)
+
+
+def test_a_masked_edit_previews_say_where_they_sit_and_the_next_job_does_not(run):
+    image = np.zeros((40, 60, 3), np.uint8)
+    mask = np.zeros((40, 60), bool)
+    mask[10:20, 30:50] = True
+    events = run.job(p.Edit("e", image, "make it red", mask=mask, steps=3))
+    previews = [e for e in events if isinstance(e, p.Progress) and e.preview is not None]
+    assert previews and all(e.box == (30, 10, 50, 20) for e in previews)
+    after = run.job(p.Generate("g", "a fox", 4, 4, steps=2))
+    assert all(e.box is None for e in after if isinstance(e, p.Progress))

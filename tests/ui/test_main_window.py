@@ -183,3 +183,18 @@ def test_each_tab_keeps_its_own_instruction(window, qtbot):
     window.workspace.set_current(first)
     assert window.edit_bar.instruction.text() == "add a moon"
     assert second is not first
+
+
+def test_a_masked_edits_preview_is_drawn_over_the_region_it_edits(window):
+    document = window.workspace.open_image(GREY, title="grey")
+    request = document.edit("make it red")
+    crop = np.full((8, 8, 3), 255, np.uint8)  # square, the image is 4:3
+    document.handle(p.Progress(request.job_id, "tokens", 1, 4, crop, box=(40, 20, 100, 80)))
+    canvas = window.page().canvas
+    place = canvas._preview_place()
+    assert place is not None  # over the image, not a thumbnail
+    top_left = canvas.to_widget(QPointF(40, 20))
+    assert (place.left(), place.top()) == pytest.approx((top_left.x(), top_left.y()))
+    assert place.width() == pytest.approx(60 * canvas.zoom)
+    document.handle(p.Progress(request.job_id, "tokens", 2, 4, crop))  # no box: a thumbnail
+    assert canvas._preview_place() is None
