@@ -38,14 +38,13 @@ def run_window(paths: list) -> int:
     from app.workspace import Workspace
     from ui import part2
     from ui.main_window import MainWindow
-    from ui.theme import apply_dark_theme
+    from ui.theme import apply_theme
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("LLaDA Studio")
     guard_pyside_refcounts(app)  # PySide6 6.12 on Python 3.11 drops references to True and None
     settings, notice = Settings.load_checked()  # a damaged file is set aside with a sentence
-    if settings.theme != "light":  # dark by default ("system" too: the app's own look)
-        apply_dark_theme(app)
+    apply_theme(app, settings.theme)  # "system" follows the desktop's light or dark scheme
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     client = EngineClient(backend_starter(settings))  # the engine process unless remote

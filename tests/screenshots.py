@@ -3,6 +3,8 @@
     python -m tests.screenshots OUT_DIR      (under an X server; `python3 dev.py screenshots`
                                               starts Xvfb and runs this)
 
+SCREENSHOT_THEME=light shows the light theme (dark by default).
+
 A state is an async function decorated with `@state("name")`: it gets the Shot (window, client,
 workspace) and leaves the window as it should look; the PNG is grabbed after it returns. States
 run in the order they are declared, each starting where the previous one left the window. To add
@@ -314,7 +316,7 @@ def main(argv: list[str]) -> int:
     from app.settings import Settings
     from app.workspace import Workspace
     from ui.main_window import MainWindow
-    from ui.theme import apply_dark_theme
+    from ui.theme import apply_theme
 
     with tempfile.TemporaryDirectory(prefix="llada-shots-") as scratch:
         work = Path(scratch)
@@ -323,7 +325,7 @@ def main(argv: list[str]) -> int:
         from app.qt_workaround import install as guard_pyside_refcounts
 
         guard_pyside_refcounts(app)  # as main.py: PySide6 6.12's refcount bug
-        apply_dark_theme(app)
+        apply_theme(app, os.environ.get("SCREENSHOT_THEME", "dark"))  # or light
         loop = qasync.QEventLoop(app)
         asyncio.set_event_loop(loop)
         # Two decoder steps: the tiny model paints noise at any step count, and the run stays short.

@@ -220,14 +220,9 @@ def _reload(window: QMainWindow) -> None:
 
 
 def _apply_theme(theme: str) -> None:
-    from ui.theme import apply_dark_theme
+    from ui.theme import apply_theme
 
-    app = QApplication.instance()
-    if theme == "light":
-        app.setStyleSheet("")
-        app.setPalette(app.style().standardPalette())
-    else:
-        apply_dark_theme(app)
+    apply_theme(QApplication.instance(), theme)
 
 
 def show_setup(window: QMainWindow) -> QDialog:

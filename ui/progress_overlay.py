@@ -42,7 +42,7 @@ class ProgressOverlay(QWidget):
         card = QWidget(objectName="progressCard")
         card.setStyleSheet(
             "#progressCard { background: rgba(22, 24, 29, 225); border: 1px solid #3a404c;"
-            " border-radius: 8px; }"
+            " border-radius: 8px; } #progressCard QLabel { color: #e8ebf0; }"
         )
         row = QHBoxLayout(card)
         words = QVBoxLayout()
