@@ -64,15 +64,21 @@ def demo_folder() -> Path:
 
 
 class PythonTask(QObject):
-    """Runs `python -c CODE ARGS` (or `-m`) with this project on the path; one at a time."""
+    """Runs `python -c CODE ARGS` (or `-m`) with this project on the path; one at a time.
+
+    `line` gives each line of standard output as it comes; `finished` gives all of it."""
 
     finished = Signal(int, str, str)  # exit code, stdout, stderr
+    line = Signal(str)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.process = QProcess(self)
         self.process.finished.connect(self._finished)
         self.process.errorOccurred.connect(self._failed)
+        self.process.readyReadStandardOutput.connect(self._read)
+        self._out = b""
+        self._partial = b""
 
     @property
     def running(self) -> bool:
@@ -83,13 +89,37 @@ class PythonTask(QObject):
         paths = [str(ROOT), env.value("PYTHONPATH", "")]
         env.insert("PYTHONPATH", os.pathsep.join(p for p in paths if p))
         self.process.setProcessEnvironment(env)
+        self._out = self._partial = b""
         self.process.start(sys.executable, args)
+
+    def interrupt(self) -> None:
+        """Ask the child to stop as after Ctrl+C (SIGINT; Windows has none: it is killed)."""
+        pid = self.process.processId()
+        if not self.running or not pid:
+            return
+        if sys.platform == "win32":
+            self.process.kill()
+        else:
+            import signal
+
+            os.kill(pid, signal.SIGINT)
 
     def wait(self, timeout_ms: int = 120_000) -> bool:
         return self.process.waitForFinished(timeout_ms)
 
+    def _read(self) -> None:
+        data = bytes(self.process.readAllStandardOutput())
+        self._out += data
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self.line.emit(line.decode(errors="replace"))
+
     def _finished(self, code: int, _status) -> None:
-        out = bytes(self.process.readAllStandardOutput()).decode(errors="replace")
+        self._read()
+        if self._partial:
+            self.line.emit(self._partial.decode(errors="replace"))
+            self._partial = b""
+        out = self._out.decode(errors="replace")
         err = bytes(self.process.readAllStandardError()).decode(errors="replace")
         self.finished.emit(code, out, err)
 
@@ -142,6 +172,64 @@ class DemoWriter(QObject):
         else:
             last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
             self.written.emit("", f"The demo model could not be written: {last}")
+
+
+class ModelDownload(QObject):
+    """Downloads the model with `python main.py download --json` in a child process.
+
+    The child resumes what an earlier run left, checks every file and writes config.json last,
+    so stopping it (cancel, a crash, the app quitting) never leaves a folder that passes for a
+    model, and starting again goes on where it stopped."""
+
+    progress = Signal(int, int, str)  # bytes done, bytes in all, a line such as "downloading …"
+    finished = Signal(str, str)  # the model folder ("" unless complete), a sentence
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.task = PythonTask(self)
+        self.task.line.connect(self._line)
+        self.task.finished.connect(self._finished)
+        self.folder = ""
+        self._done = ""  # the folder the child reported complete
+        self._cancelled = False
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    def start(self, variant: str, folder: str) -> None:
+        self.folder, self._done, self._cancelled = folder, "", False
+        args = [str(ROOT / "main.py"), "download", "--json", "--variant", variant]
+        self.task.start(args + ["--dir", folder])
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self.task.interrupt()
+
+    def _line(self, text: str) -> None:
+        from engine.download import Progress  # torch-free
+
+        try:
+            report = json.loads(text)
+        except ValueError:
+            return  # not one of ours (a library's print)
+        if "folder" in report:
+            self._done = report["folder"]
+        elif {"stage", "done", "total"} <= report.keys():
+            fields = {k: report.get(k) for k in ("stage", "done", "total", "rate", "seconds_left")}
+            line = Progress(**fields, file=report.get("file", "")).line()
+            self.progress.emit(int(report["done"]), int(report["total"]), line)
+
+    def _finished(self, code: int, _out: str, err: str) -> None:
+        if code == 0 and self._done:
+            self.finished.emit(self._done, "")
+        elif self._cancelled or code == 130:
+            self.finished.emit("", "The download is paused; Download goes on where it stopped.")
+        else:
+            errors = [line for line in err.splitlines() if line.startswith("error: ")]
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
+            sentence = errors[-1].removeprefix("error: ") if errors else last
+            self.finished.emit("", f"The download stopped: {sentence}")
 
 
 def reload_model(client, settings) -> str:

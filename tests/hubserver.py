@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,6 +59,7 @@ class HubServer:
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     token: str | None = None  # when set, the repo is gated: requests need this bearer token
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> drop the link after N bytes
+    chunk_delay_s: float = 0.0  # a pause after each 64 kB of a file: a slow link, to cancel during
     requests: list[Served] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)  # path -> file bytes sent in total
 
@@ -241,6 +243,8 @@ class HubHandler(BaseHTTPRequestHandler):
             self.wfile.write(chunk)
             hub.count(path, len(chunk))
             sent += len(chunk)
+            if hub.chunk_delay_s:
+                time.sleep(hub.chunk_delay_s)
 
     def _error(self, status: int, code: str, message: str) -> None:
         body = json.dumps({"error": message}).encode()

@@ -61,3 +61,60 @@ def test_try_a_demo_model_writes_it_and_says_it_is_noise(qtbot, tmp_path, settin
     assert "noise" in page.status.text()
     saved = Settings.load(settings_path)
     assert saved.model_folder == str(folder) and saved.demo_model
+
+
+@pytest.fixture
+def hub(tiny_checkpoint, monkeypatch, tmp_path):
+    """The hub's test double, reached by the download's child process through HF_ENDPOINT."""
+    from tests.hubserver import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored token of this machine
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with HubServer(tiny_checkpoint) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def test_download_shows_progress_can_be_cancelled_and_resumes_to_a_chosen_model(
+    qtbot, tmp_path, hub, settings_path
+):
+    page = SetupPage(Settings.load(settings_path), caches=[])
+    qtbot.addWidget(page)
+    page.target.setText(str(tmp_path / "models" / "uni"))
+    reports = []
+    page.download.progress.connect(lambda done, total, line: reports.append((done, total, line)))
+    hub.chunk_delay_s = 0.02  # slow enough to cancel midway
+    with qtbot.waitSignal(page.download.finished, timeout=120_000) as stopped:
+        page.start_download.click()
+        assert not page.start_download.isEnabled() and page.cancel_download.isVisibleTo(page)
+        qtbot.waitUntil(lambda: any(0 < done < total for done, total, _ in reports), timeout=60_000)
+        page.cancel_download.click()
+    assert stopped.args[0] == "" and "paused" in page.download_line.text()
+    assert not (tmp_path / "models" / "uni" / "config.json").exists()  # not a model yet
+    assert page.start_download.isEnabled() and Settings.load(settings_path).needs_setup
+    assert any(line.startswith("downloading ") and " of " in line for *_, line in reports)
+    sent_before = sum(hub.bytes_sent.values())
+
+    hub.chunk_delay_s = 0.0
+    with qtbot.waitSignal(page.model_chosen, timeout=120_000) as chosen:
+        page.start_download.click()
+    assert chosen.args == [str(tmp_path / "models" / "uni")]
+    assert Settings.load(settings_path).model_folder == chosen.args[0]
+    total = reports[-1][1]
+    assert sum(hub.bytes_sent.values()) < total + sent_before  # resumed, not started again
+
+
+def test_a_download_that_cannot_reach_the_hub_says_so_in_one_sentence(
+    qtbot, tmp_path, settings_path, monkeypatch
+):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    page = SetupPage(Settings.load(settings_path), caches=[])
+    qtbot.addWidget(page)
+    page.target.setText(str(tmp_path / "models" / "uni"))
+    with qtbot.waitSignal(page.download.finished, timeout=120_000):
+        page.start_download.click()
+    text = page.download_line.text()
+    assert text.startswith("The download stopped: ") and "\n" not in text
+    assert "Traceback" not in text and page.start_download.isEnabled()
