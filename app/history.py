@@ -2,9 +2,10 @@
 
 The file is the truth and the database an index of it: a result is written to disk (image first,
 then its row) before the app shows it, and a missing or damaged database is rebuilt from the
-metadata inside the files. The database runs in WAL mode, so a crash mid-write loses at most the
-row being written, never the file. Its schema carries a version (`PRAGMA user_version`) and each
-newer version is one migration step.
+metadata inside the files. Stars, which no image file holds, are also kept in a small JSON list
+beside them (rewritten atomically at each change), so a rebuild keeps them too. The database
+runs in WAL mode, so a crash mid-write loses at most the row being written, never the file. Its
+schema carries a version (`PRAGMA user_version`) and each newer version is one migration step.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PySide6.QtCore import QObject, Signal
 log = logging.getLogger(__name__)
 
 DB_NAME = "history.sqlite3"
+STARS_NAME = "stars.json"  # the starred files (paths in the folder): stars live in no image file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Keys this module adds to a result's embedded metadata, so a row can be rebuilt from its file.
 KEY_DOCUMENT, KEY_VERSION, KEY_CREATED, KEY_JOB = "document", "version", "created", "job"
@@ -154,6 +156,7 @@ class History(QObject):
             self._db.execute(
                 "UPDATE entries SET starred = ? WHERE id = ?", (int(starred), entry_id)
             )
+        self._write_stars()
         self.entries_changed.emit()
 
     def delete(self, entry_id: int) -> None:
@@ -162,6 +165,8 @@ class History(QObject):
         entry.path.unlink(missing_ok=True)
         with _transaction(self._db):
             self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+        if entry.starred:
+            self._write_stars()
         self.entries_changed.emit()
 
     # ------------------------------------------------------------ reading
@@ -220,6 +225,9 @@ class History(QObject):
                     continue
                 self._insert(path, meta)
                 count += 1
+            self._db.executemany(
+                "UPDATE entries SET starred = 1 WHERE path = ?", [(p,) for p in self._read_stars()]
+            )
         if reason:
             self.notice = f"{reason} It was rebuilt from {count} image files; nothing is lost."
             self.rebuilt.emit(self.notice)
@@ -300,6 +308,25 @@ class History(QObject):
             row,
         )
         return cursor.lastrowid
+
+    def _write_stars(self) -> None:
+        """The starred paths into STARS_NAME, whole and atomically (a crash keeps the old list)."""
+        paths = [row[0] for row in self._db.execute(
+            "SELECT path FROM entries WHERE starred = 1 ORDER BY path")]  # fmt: skip
+        target = self.folder / STARS_NAME
+        temporary = target.with_name(f".{STARS_NAME}.partial")
+        temporary.write_text(json.dumps(paths, indent=0))
+        os.replace(temporary, target)
+
+    def _read_stars(self) -> list[str]:
+        try:
+            paths = json.loads((self.folder / STARS_NAME).read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as error:
+            log.warning("history: the list of stars is unreadable: %s", error)
+            return []
+        return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
 
     def _entry(self, row: tuple) -> Entry:
         id_, path, task, prompt, seed, parameters, created, starred, document, version = row
