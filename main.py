@@ -33,6 +33,7 @@ def run_window(paths: list) -> int:
 
     from app.backend import starter as backend_starter
     from app.engine_client import EngineClient
+    from app.keychain import move_to_keychain
     from app.qt_workaround import install as guard_pyside_refcounts
     from app.settings import Settings
     from app.workspace import Workspace
@@ -44,6 +45,8 @@ def run_window(paths: list) -> int:
     app.setApplicationName("LLaDA Studio")
     guard_pyside_refcounts(app)  # PySide6 6.12 on Python 3.11 drops references to True and None
     settings, notice = Settings.load_checked()  # a damaged file is set aside with a sentence
+    if move_to_keychain(settings):  # an API key an older version left in the settings file
+        settings.save()
     apply_theme(app, settings.theme)  # "system" follows the desktop's light or dark scheme
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)

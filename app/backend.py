@@ -74,11 +74,12 @@ def as_backend(engine) -> Backend:
 
 def remote_options(settings, urls: str | None = None):
     """RemoteOptions from the settings' Backend fields (`urls` overrides their list)."""
+    from app.keychain import key_of
     from app.remote import RemoteOptions, api_key, split_urls
 
     return RemoteOptions(
         split_urls(urls if urls is not None else ",".join(settings.backend_urls)),
-        key=api_key(settings.backend_key),
+        key=api_key(key_of(settings)),
         ca_file=settings.backend_ca_file,
         per_server=settings.backend_in_flight,
         read_timeout_s=settings.backend_timeout_s,

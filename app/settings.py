@@ -101,6 +101,7 @@ class Settings:
     backend: str = "local"
     backend_urls: list[str] = field(default_factory=list)  # servers, or one sgl-router
     backend_key: str = ""  # Bearer key; "" reads LLADA_STUDIO_API_KEY (never logged)
+    backend_key_in_keychain: bool = False  # the key is in the system keychain (app/keychain.py)
     backend_ca_file: str = ""  # a private CA's certificates for HTTPS
     backend_in_flight: int = 2  # requests at a time per server
     backend_timeout_s: float = 600.0  # silence after which a remote job is given up
@@ -156,6 +157,8 @@ class Settings:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as file:
+            if os.name == "posix":  # it may hold the API key where no keychain is: owner only
+                os.fchmod(file.fileno(), 0o600)
             json.dump(asdict(self), file, indent=2)
             file.flush()
             os.fsync(file.fileno())

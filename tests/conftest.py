@@ -7,6 +7,19 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True)
+def no_real_keychain():
+    """Tests never read or write the developer's own keychain: by default there is none (as on
+    a headless machine); tests/app/test_keychain.py puts in one of its own."""
+    import keyring
+    from keyring.backends import fail
+
+    before = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    yield
+    keyring.set_keyring(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     from engine.tiny import write_tiny_checkpoint

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.keychain import key_of, store_key, where
 from app.remote import KEY_ENV, ServerClient, api_key, plain_http_warning, split_urls
 from app.settings import Settings
 from engine.errors import StudioError
@@ -60,6 +61,8 @@ class BackendPage(QWidget):
         self.timeout = QDoubleSpinBox()
         self.timeout.setRange(10, 7200)
         self.timeout.setSuffix(" s")
+        self.key_place = QLabel(wordWrap=True)  # the keychain, or the settings file
+        self.key_place.setEnabled(False)  # dimmed: a note, not a control
         self.test_button = QPushButton(self.tr("Test connection"))
         self.test_button.clicked.connect(self.start_test)
         self.result = QLabel()
@@ -69,6 +72,7 @@ class BackendPage(QWidget):
         form = QFormLayout()
         form.addRow(self.tr("Servers"), self.urls)
         form.addRow(self.tr("API key"), self.key)
+        form.addRow("", self.key_place)
         form.addRow(self.tr("CA file"), self.ca_file)
         form.addRow(self.tr("Requests per server"), self.in_flight)
         form.addRow(self.tr("Give up after"), self.timeout)
@@ -87,7 +91,8 @@ class BackendPage(QWidget):
     def load(self, settings: Settings) -> None:
         (self.remote if settings.backend == "remote" else self.local).setChecked(True)
         self.urls.setPlainText("\n".join(settings.backend_urls))
-        self.key.setText(settings.backend_key)
+        self.key.setText(key_of(settings))
+        self.key_place.setText(self.tr(where(settings)))
         self.ca_file.setText(settings.backend_ca_file)
         self.in_flight.setValue(settings.backend_in_flight)
         self.timeout.setValue(settings.backend_timeout_s)
@@ -97,7 +102,7 @@ class BackendPage(QWidget):
         """Write the page into `settings` (addresses as typed; the test says if they are bad)."""
         settings.backend = "remote" if self.remote.isChecked() else "local"
         settings.backend_urls = [u for u in self.urls.toPlainText().split() if u]
-        settings.backend_key = self.key.text().strip()
+        self.key_place.setText(self.tr(store_key(settings, self.key.text())))
         settings.backend_ca_file = self.ca_file.text().strip()
         settings.backend_in_flight = self.in_flight.value()
         settings.backend_timeout_s = self.timeout.value()

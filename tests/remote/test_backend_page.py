@@ -27,6 +27,7 @@ def test_the_page_round_trips_the_backend_settings(qtbot):
     page.apply(changed)
     assert changed.backend == "remote" and changed.backend_urls == ["https://a:1", "https://b:2"]
     assert (changed.backend_key, changed.backend_in_flight) == ("k", 3)
+    assert "settings file" in page.key_place.text()  # no keychain in tests: it says where
 
 
 def test_test_connection_shows_each_servers_tasks_and_the_key_sentence(qtbot, qasync_loop):
