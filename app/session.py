@@ -133,15 +133,11 @@ class Session(QObject):
     def _restore_one(self, state: DocumentState) -> None:
         first = state.versions[0]
         document = self.workspace.open_image(first.image, path=state.path, title=state.title)
-        document.versions = [
+        versions = [
             Version(v.id, v.image, dict(v.metadata), v.parent, v.job_id, v.starred)
             for v in state.versions
         ]
-        numbers = [int(v.id[1:]) for v in document.versions if v.id[1:].isdigit()]
-        document._serial = max(numbers, default=1)  # new versions continue the numbering
-        document.current, document.viewed = state.current, state.viewed
-        if state.mask.shape == document.mask.shape:
-            document.mask.coverage[:] = state.mask
+        document.restore(versions, state.current, state.viewed, state.mask)
         self._keys[id(document)] = state.key
         chat = self.chat_for(document)
         sources = state.chat.pop("job_sources", {})
@@ -189,6 +185,6 @@ class Session(QObject):
         if document is not None and document in self.workspace.documents:
             document.track(request, source)
         elif isinstance(request, Generate):
-            self.workspace._submit_generate(request)  # results open as new tabs, as the first did
+            self.workspace.submit_generate(request)  # results open as new tabs, as the first did
         else:
             self.client.submit(request)

@@ -50,7 +50,7 @@ class Workspace(QObject):
         self._save_settings = save_settings or settings.save
         self.documents: list[Document] = []
         self.current: Document | None = None
-        self.form = GenerateForm(self._submit_generate, parent=self)
+        self.form = GenerateForm(self.submit_generate, parent=self)
         self.tools = Tools(
             settings.brush_size, settings.brush_hardness, overlay_opacity=settings.mask_opacity
         )
@@ -155,7 +155,8 @@ class Workspace(QObject):
 
     # ------------------------------------------------------------ engine events
 
-    def _submit_generate(self, request: Request) -> None:
+    def submit_generate(self, request: Request) -> None:
+        """Queue a text-to-image job; its result opens as a new document."""
         assert isinstance(request, Generate)
         self.generating[request.job_id] = None
         self.prompts[request.job_id] = request.prompt
