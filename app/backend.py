@@ -22,6 +22,7 @@ class Backend(Protocol):
     """Runs jobs and reports on them as events; every job ends with one Finished or Failed."""
 
     pid: int  # the engine process's id; 0 for a remote backend
+    capacity: int  # jobs it runs at once: 1 for the engine process, more for remote servers
 
     def submit(self, request: Request) -> None: ...
     def cancel(self, job_id: str) -> None: ...  # a Failed "cancelled" follows
@@ -35,6 +36,8 @@ class Backend(Protocol):
 
 class ProcessBackend:
     """A framed-pipe engine (the real process, or tests.fakes.FakeEngine) as a Backend."""
+
+    capacity = 1  # the engine runs one job at a time
 
     def __init__(self, transport):
         self.transport = transport

@@ -178,9 +178,11 @@ class EngineClient(QObject):
         self._serve_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[Request] = deque()
-        self._running: Request | None = None
-        self._interrupting = ""  # the running job's id once it was cancelled
-        self._force_timer: asyncio.TimerHandle | None = None  # kills a job that ignores cancel
+        # The jobs the backend is running, oldest first: one for the engine process, up to the
+        # servers' capacity for a remote backend. A model load or unload runs alone.
+        self._active: dict[str, Request] = {}
+        self._interrupting: set[str] = set()  # running jobs that were cancelled
+        self._force_timers: dict[str, asyncio.TimerHandle] = {}  # kill a job that ignores cancel
         self._model: LoadModel | None = None  # reloaded after a crash
         self._crashes = 0
         self._closing = False
@@ -197,7 +199,13 @@ class EngineClient(QObject):
 
     @property
     def running(self) -> Request | None:
-        return self._running
+        """The oldest running job (the only one, on the local engine)."""
+        return next(iter(self._active.values()), None)
+
+    @property
+    def active(self) -> tuple[Request, ...]:
+        """Every running job, oldest first."""
+        return tuple(self._active.values())
 
     @property
     def model(self) -> LoadModel | None:
@@ -247,12 +255,14 @@ class EngineClient(QObject):
                 self.queue_changed.emit()
                 self._deliver(Failed(job_id, "The job was cancelled.", "cancelled"))
                 return
-        if self._running is not None and self._running.job_id == job_id and self._transport:
-            self._interrupting = job_id
+        if job_id in self._active and self._transport:
+            self._interrupting.add(job_id)
             self._transport.cancel(job_id)
             assert self._loop is not None
-            self._stop_force_timer()
-            self._force_timer = self._loop.call_later(self._kill_after_s, self._force_stop, job_id)
+            self._stop_force_timer(job_id)
+            self._force_timers[job_id] = self._loop.call_later(
+                self._kill_after_s, self._force_stop, job_id
+            )
 
     def cancel_queued(self) -> None:
         for request in list(self._queue):
@@ -296,7 +306,8 @@ class EngineClient(QObject):
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop the engine; the running and queued jobs end as Failed with code "shutdown"."""
         self._closing = True
-        self._stop_force_timer()
+        for job_id in list(self._force_timers):
+            self._stop_force_timer(job_id)
         queued, self._queue = list(self._queue), deque()
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -310,10 +321,10 @@ class EngineClient(QObject):
         if self._serve_task is not None:
             self._serve_task.cancel()
             self._serve_task = None
-        for request in ([self._running] if self._running else []) + queued:
+        running, self._active = list(self._active.values()), {}
+        for request in running + queued:
             message = "The engine was shut down before this job finished."
             self._deliver(Failed(request.job_id, message, "shutdown"))
-        self._running = None
         self._set_state("stopped")
 
     # ------------------------------------------------------------ the engine's side
@@ -373,14 +384,20 @@ class EngineClient(QObject):
             code = await asyncio.wait_for(transport.wait(), 5.0)
         self._transport = None
         self._set_state("starting")
-        job, self._running = self._running, None
-        if job is not None and job.job_id == self._interrupting:
-            self._deliver(Failed(job.job_id, "The job was cancelled.", "cancelled"))
-        elif job is not None:
-            self._crashes += 1
-            message = f"The engine stopped while running this job (exit code {code}); it restarts."
-            self._deliver(Failed(job.job_id, message, "engine_stopped"))
-        else:
+        jobs, self._active = list(self._active.values()), {}
+        crashed = False
+        for job in jobs:
+            self._stop_force_timer(job.job_id)
+            if job.job_id in self._interrupting:
+                self._deliver(Failed(job.job_id, "The job was cancelled.", "cancelled"))
+            else:
+                crashed = True
+                message = (
+                    f"The engine stopped while running this job (exit code {code}); it restarts."
+                )
+                self._deliver(Failed(job.job_id, message, "engine_stopped"))
+        self._interrupting.clear()
+        if crashed or not jobs:
             self._crashes += 1
         while self._crashes <= self._max_restarts and not self._closing:
             await asyncio.sleep(0.1 * self._crashes)
@@ -399,27 +416,37 @@ class EngineClient(QObject):
         self._dispatch()
         return True
 
-    def _stop_force_timer(self) -> None:
-        if self._force_timer is not None:
-            self._force_timer.cancel()
-            self._force_timer = None
+    def _stop_force_timer(self, job_id: str) -> None:
+        timer = self._force_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def _force_stop(self, job_id: str) -> None:
-        self._force_timer = None
-        if self._running is not None and self._running.job_id == job_id and self._transport:
+        self._force_timers.pop(job_id, None)
+        if job_id in self._active and self._transport:
             log.warning("job %s did not stop when cancelled; stopping the engine", job_id)
             self._transport.kill()
 
     def _dispatch(self) -> None:
-        if self._running is not None or not self._queue or self._transport is None:
-            return
-        if self._paused and not isinstance(self._queue[0], LoadModel | Unload):
-            return
-        request = self._running = self._queue.popleft()
-        self._interrupting = ""
-        self._transport.submit(request)
-        self.queue_changed.emit()
-        self.job_started.emit(request.job_id)
+        """Start queued jobs while the backend has room: the engine process runs one at a time,
+        remote servers as many as they take. A model load or unload waits for the running jobs
+        and runs alone; a paused queue starts only those."""
+        while self._queue and self._transport is not None:
+            head = self._queue[0]
+            alone = isinstance(head, LoadModel | Unload)
+            if self._active and (alone or any(
+                    isinstance(r, LoadModel | Unload) for r in self._active.values())):  # fmt: skip
+                return
+            if len(self._active) >= max(1, getattr(self._transport, "capacity", 1)):
+                return
+            if self._paused and not alone:
+                return
+            request = self._queue.popleft()
+            self._active[request.job_id] = request
+            self._interrupting.discard(request.job_id)
+            self._transport.submit(request)
+            self.queue_changed.emit()
+            self.job_started.emit(request.job_id)
 
     def _deliver(self, event: Event) -> None:
         if event.job_id in self._collecting:
@@ -428,10 +455,11 @@ class EngineClient(QObject):
             if isinstance(event, (*TERMINAL, StatusReport)) and not future.done():
                 future.set_result(events)
                 del self._collecting[event.job_id]
-        running = self._running
-        if isinstance(event, TERMINAL) and running is not None and event.job_id == running.job_id:
-            self._running = None
-            self._stop_force_timer()  # the job it was armed for has ended
+        running = self._active.get(event.job_id) if isinstance(event, TERMINAL) else None
+        if running is not None:
+            del self._active[event.job_id]
+            self._interrupting.discard(event.job_id)
+            self._stop_force_timer(event.job_id)  # the job it was armed for has ended
             if isinstance(event, Finished):
                 self._crashes = 0
             if isinstance(running, LoadModel | Unload):  # the engine unloads before it loads

@@ -149,7 +149,11 @@ class JobList(QObject):
         """(fraction 0..1 of the running job, a one-line summary) for the status bar and title."""
         job = self.running
         waiting = len(self.waiting)
-        more = f" (+{waiting} queued)" if waiting else ""
+        others = sum(j.state == RUNNING for j in self._jobs.values()) - 1  # remote servers
+        more = ", ".join(
+            part for part in (f"+{others} running" if others > 0 else "",
+                              f"+{waiting} queued" if waiting else "") if part)  # fmt: skip
+        more = f" ({more})" if more else ""
         if job is None:
             paused = " — paused" if self.paused and waiting else ""
             return 0.0, (f"{waiting} queued{paused}" if waiting else "")
@@ -216,9 +220,7 @@ class JobList(QObject):
         return [r.job_id for r in self.client.queued]
 
     def _sync_queue(self) -> None:
-        requests = list(self.client.queued)
-        if self.client.running is not None:
-            requests.insert(0, self.client.running)
+        requests = [*self.client.active, *self.client.queued]
         for request in requests:
             if request.job_id not in self._jobs:
                 kind, label = describe(request)

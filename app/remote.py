@@ -564,6 +564,11 @@ class RemoteBackend:
 
     pid = 0
 
+    @property
+    def capacity(self) -> int:
+        """Jobs EngineClient may hand over at once: each server's share of requests in flight."""
+        return max(1, len(self.pool.servers) * self.options.per_server)
+
     def __init__(self, options: RemoteOptions):
         from app.servers import ServerPool
 

@@ -104,8 +104,8 @@ class Session(QObject):
         versions = [VersionState(v.id, v.image, dict(v.metadata), v.parent, v.job_id, v.starred)
                     for v in document.versions]  # fmt: skip
         queued = {r.job_id for r in self.client.queued}
-        running = self.client.running.job_id if self.client.running is not None else ""
-        jobs = [j.request for j in document.jobs.values() if j.job_id in queued | {running}]
+        running = {r.job_id for r in self.client.active}
+        jobs = [j.request for j in document.jobs.values() if j.job_id in queued | running]
         sources = {j.job_id: j.source for j in document.jobs.values()}
         chat = self.chat_for(document).to_dict()
         chat["job_sources"] = {r.job_id: sources.get(r.job_id) for r in jobs}
@@ -170,9 +170,7 @@ class Session(QObject):
 
     def _note_origins(self, *_) -> None:
         """Remember which document (and version) each job came from, for Repeat."""
-        requests = list(self.client.queued)
-        if self.client.running is not None:
-            requests.append(self.client.running)
+        requests = [*self.client.queued, *self.client.active]
         for request in requests:
             if request.job_id not in self._origins:
                 document = self.workspace.owner(request.job_id)

@@ -208,3 +208,84 @@ def test_gives_up_when_the_engine_keeps_dying(loop):
 def test_only_jobs_are_queued():
     with pytest.raises(ValueError):
         EngineClient().submit(p.Cancel("x"))
+
+
+class SlotsBackend:
+    """A backend that runs three jobs at once (as remote servers do) and ends them on demand."""
+
+    pid, capacity = 0, 3
+
+    def __init__(self):
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.events.put_nowait(p.Ready("", p.VERSION, 0))
+        self.submitted: list[str] = []
+
+    def submit(self, request):
+        self.submitted.append(request.job_id)
+
+    def end(self, job_id):
+        self.events.put_nowait(p.Finished(job_id))
+
+    def cancel(self, job_id):
+        self.events.put_nowait(p.Failed(job_id, "The job was cancelled.", "cancelled"))
+
+    def status(self, job_id):
+        pass
+
+    def shutdown(self):
+        pass
+
+    async def receive(self):
+        event = await self.events.get()
+        if event is None:
+            raise EOFError
+        return event
+
+    def close(self):
+        self.events.put_nowait(None)
+
+    kill = close
+
+    async def wait(self):
+        return 0
+
+
+def test_a_backend_with_room_for_three_runs_three_and_a_model_load_runs_alone(loop):
+    async def body():
+        backend = SlotsBackend()
+
+        async def start():
+            return backend
+
+        client = EngineClient(start)
+        await client.start()
+        settle = functools.partial(asyncio.sleep, 0.05)
+        client.submit(p.LoadModel("load", "/m"))
+        for name in "abcde":
+            client.submit(p.Generate(name, "x", 8, 8))
+        await settle()
+        assert backend.submitted == ["load"]  # alone: the jobs wait for the model
+        backend.end("load")
+        await settle()
+        assert backend.submitted[1:] == ["a", "b", "c"]
+        assert [r.job_id for r in client.active] == ["a", "b", "c"] and client.running.job_id == "a"
+        client.submit(p.LoadModel("reload", "/m2"))
+        client.submit(p.Generate("f", "x", 8, 8))
+        backend.end("b")
+        await settle()
+        assert backend.submitted[4:] == ["d"]  # room for one more, taken in queue order
+        client.cancel("a")
+        await settle()
+        assert backend.submitted[5:] == ["e"]
+        assert {r.job_id for r in client.active} == {"c", "d", "e"}
+        for name in "cde":
+            backend.end(name)
+        await settle()
+        assert backend.submitted[6:] == ["reload"]  # only once nothing else runs
+        backend.end("reload")
+        await settle()
+        assert backend.submitted[7:] == ["f"] and client.model.job_id == "reload"
+        await client.shutdown()
+        assert not client.active
+
+    run(loop, body())

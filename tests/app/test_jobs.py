@@ -122,7 +122,7 @@ class StubClient(QObject):
     queue_changed = Signal()
     job_started = Signal(str)
     event_received = Signal(object)
-    queued, running, paused = (), None, False
+    queued, running, active, paused = (), None, (), False
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.1])
@@ -143,3 +143,18 @@ def test_time_left_from_the_rate_of_earlier_steps_of_the_stage(jitter):
     client.event_received.emit(p.Progress("j", "decode", 1, 8))  # a new stage: measured afresh
     assert jobs.get("j").seconds_left is None
     assert format_seconds(75) == "1 min 15 s"
+
+
+def test_the_status_line_counts_jobs_running_side_by_side_on_remote_servers():
+    client = StubClient()
+    client.queued = (edit("a"), edit("b"), edit("c"))
+    jobs = JobList(client, clock=lambda: 0.0)
+    client.queue_changed.emit()
+    client.job_started.emit("a")
+    client.job_started.emit("b")
+    client.queued = (edit("c"),)
+    client.queue_changed.emit()
+    client.event_received.emit(p.Progress("a", "tokens", 2, 8))
+    assert jobs.overall()[1].endswith("(+1 running, +1 queued)")
+    client.event_received.emit(p.Finished("b"))
+    assert jobs.overall()[1].endswith("(+1 queued)")

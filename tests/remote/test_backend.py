@@ -64,3 +64,30 @@ def test_remote_servers_need_no_model_folder():
     assert Settings().needs_setup
     assert Settings(backend="remote", backend_urls=["https://gpu:8000"]).needs_setup is False
     assert Settings(backend="remote").needs_setup  # no server yet: the first-run page still shows
+
+
+def test_the_queue_keeps_every_server_busy_at_once(tmp_path):
+    """Two servers taking one request each: two jobs run side by side, the rest wait in order."""
+
+    async def body(first, second):
+        settings = Settings(backend="remote", backend_urls=[first.url, second.url],
+                            backend_in_flight=1, backend_timeout_s=10.0)  # fmt: skip
+        client = EngineClient(starter(settings), kill_after_s=0.5)
+        await client.start()
+        await client.run(p.LoadModel("load", str(tmp_path)))
+        first.delay_s = second.delay_s = 0.5
+        done = [asyncio.ensure_future(client.run(p.Generate(n, "x", 32, 32, seed=i)))
+                for i, n in enumerate("abcd")]  # fmt: skip
+        await asyncio.sleep(0.2)
+        side_by_side = [r.job_id for r in client.active]
+        waiting = [r.job_id for r in client.queued]
+        events = await asyncio.gather(*done)
+        await client.shutdown()
+        return side_by_side, waiting, events
+
+    with DoubleServer() as first, DoubleServer() as second:
+        side_by_side, waiting, events = asyncio.run(asyncio.wait_for(body(first, second), 30))
+        urls = {first.url, second.url}
+    assert side_by_side == ["a", "b"] and waiting == ["c", "d"]
+    results = [e for run in events for e in run if isinstance(e, p.ImageResult)]
+    assert len(results) == 4 and {r.metadata["server"] for r in results} == urls
