@@ -548,6 +548,9 @@ class Runner:
         for position, item in enumerate(items):
             if self.stopping or self.report.stopped:
                 self.report.not_run = len(items) - position
+                # Ctrl+C that landed after the last step of an item (nothing left to cancel)
+                # still stops the batch as Ctrl+C: exit 130 and the resume line.
+                self.report.interrupted = self.report.interrupted or self.stopping
                 return
             if self.manifest.finished(item, self.folder):
                 self._count(skipped=item.label())

@@ -165,6 +165,23 @@ def test_a_full_disk_stops_with_a_sentence_and_keeps_finished_items(
     assert [p.name for p in tmp_path.glob("*.png")] == ["0001-a-fox-1.png"]
 
 
+def test_ctrl_c_after_an_items_last_step_still_stops_as_ctrl_c(tiny_checkpoint, pipeline, tmp_path):
+    """Ctrl+C that lands when the item has no step left to cancel: the item is kept, the rest
+    is not run, and the run ends as interrupted (exit 130, the resume line), not as failed."""
+    job = generate_job(tiny_checkpoint, tmp_path, ["one", "two"])
+
+    class LateCtrlC:
+        def generate(self, *args, **options):
+            result = pipeline.generate(*args, **options)
+            runner._interrupt()  # after the last progress report of the item
+            return result
+
+    runner = batch.Runner(job, LateCtrlC(), batch.Progress(len(job.items), stream=io.StringIO()))
+    report = runner.run()
+    assert len(report.done) == 1 and report.not_run == 3
+    assert report.exit_status == batch.EXIT_INTERRUPTED and "Ctrl+C" in report.summary()
+
+
 def test_sigint_stops_cleanly_and_a_rerun_finishes_the_rest(tiny_checkpoint, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\nthree\n")
