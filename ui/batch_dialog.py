@@ -10,14 +10,11 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QPlainTextEdit,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -25,6 +22,7 @@ from PySide6.QtWidgets import (
 from app.batch_queue import BatchQueue, folder_items, prompt_items
 from engine.batch import parse_seeds  # torch-free
 from engine.errors import StudioError
+from ui.files import folder_field
 
 MODES = (("generate", "Make images from a prompt list"), ("edit", "Edit every image of a folder"),
          ("ask", "Ask about every image of a folder"))  # fmt: skip
@@ -47,8 +45,6 @@ class BatchDialog(QDialog):
         self.seeds = QLineEdit("1")
         self.seeds.setToolTip("e.g. 1-4 or 1,5,9")
         self.folder = QLineEdit()
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
         self.text = QLineEdit()
         self.items = QListWidget()
         self.message = QLabel("")
@@ -64,13 +60,10 @@ class BatchDialog(QDialog):
         queue.changed.connect(self._show)
         self.mode.currentIndexChanged.connect(self._mode_changed)
 
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder)
-        folder_row.addWidget(browse)
         form = QFormLayout()
         form.addRow("Batch", self.mode)
         form.addRow("Prompts", self.prompts)
-        form.addRow("Folder", folder_row)
+        form.addRow("Folder", folder_field(self.folder, "Images"))
         self.text_label = QLabel("Instruction")
         form.addRow(self.text_label, self.text)
         form.addRow("Seeds", self.seeds)
@@ -134,8 +127,3 @@ class BatchDialog(QDialog):
         self.folder.setEnabled(task != "generate")
         self.text.setEnabled(task != "generate")
         self.text_label.setText("Question" if task == "ask" else "Instruction")
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Images", self.folder.text())
-        if folder:
-            self.folder.setText(folder)

@@ -10,13 +10,10 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -24,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from app.export import DEFAULT_TEMPLATE, ExportSettings, export_entries
 from engine.errors import StudioError
+from ui.files import folder_field
 
 SCOPES = (("selected", "The selected images"), ("starred", "All starred images"),
           ("search", "The search result"))  # fmt: skip
@@ -43,8 +41,6 @@ class ExportDialog(QDialog):
         if not self.selected:
             self.scope.setCurrentIndex(self.scope.findData("starred"))
         self.folder = QLineEdit(str(Path.home() / "Pictures" / "LLaDA Studio"))
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
         self.template = QLineEdit(DEFAULT_TEMPLATE)
         self.template.setToolTip(
             "Fields: {slug} {prompt} {seed} {index} {date} {time} {source} {task}"
@@ -70,12 +66,9 @@ class ExportDialog(QDialog):
         self.export_button.clicked.connect(self.export)
         self.buttons.rejected.connect(self.reject)
 
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder)
-        folder_row.addWidget(browse)
         form = QFormLayout()
         form.addRow("Export", self.scope)
-        form.addRow("Folder", folder_row)
+        form.addRow("Folder", folder_field(self.folder, "Export to"))
         form.addRow("Names", self.template)
         form.addRow("Format", self.format)
         form.addRow("Quality", self.quality)
@@ -130,11 +123,6 @@ class ExportDialog(QDialog):
         from PySide6.QtCore import QCoreApplication
 
         QCoreApplication.processEvents()  # keep the window painting between files
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export to", self.folder.text())
-        if folder:
-            self.folder.setText(folder)
 
     def _format_changed(self) -> None:
         lossy = self.format.currentData() in ("jpeg", "webp")

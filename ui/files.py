@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QMimeData
 from PySide6.QtGui import QGuiApplication, QImage
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from ui.pixels import from_qimage
 
@@ -95,3 +95,24 @@ def suggested_path(window: MainWindow) -> Path:
         return source.with_name(f"{source.stem}-edit.png")
     safe = "".join(c if c.isalnum() or c in " -_" else "_" for c in document.title).strip()
     return window.settings.results_path / f"{safe or 'image'}.png"
+
+
+def folder_field(line: QLineEdit, title: str, button: str = "") -> QWidget:
+    """`line` with a button beside it (Browse… by default) that opens a folder chooser at the
+    folder typed there and puts the chosen one in."""
+    browse = QPushButton(button or tr("Browse…"))
+    browse.setToolTip(tr("Choose the folder"))
+
+    def choose() -> None:
+        folder = QFileDialog.getExistingDirectory(line.window(), title, line.text())
+        if folder:
+            line.setText(folder)
+
+    browse.clicked.connect(choose)
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(line, 1)
+    row.addWidget(browse)
+    box = QWidget()
+    box.setLayout(row)
+    return box

@@ -12,12 +12,9 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QTabWidget,
     QVBoxLayout,
@@ -34,6 +31,7 @@ from app.settings import (
     Settings,
 )
 from ui.backend_page import BackendPage
+from ui.files import folder_field
 
 # Changing one of these reloads the engine's model (the engine takes them with LoadModel).
 RELOAD_FIELDS = ("model_folder", "device", "precision", "vram_preset", "allow_lower_preset")
@@ -112,13 +110,14 @@ class SettingsDialog(QDialog):
             "Off: the job fails and says which preset would fit."))  # fmt: skip
         self.results_folder = QLineEdit(placeholderText=str(self.settings.results_path))
         self.results_folder.setToolTip(self.tr("Where every result and the history are saved"))
+        choose = self.tr("Choose a folder")
         form = QFormLayout()
-        form.addRow(self.tr("Model folder"), self._with_browse(self.model_folder))
+        form.addRow(self.tr("Model folder"), folder_field(self.model_folder, choose))
         form.addRow(self.tr("Device"), self.device)
         form.addRow(self.tr("Precision"), self._with_hint(self.precision, self.precision_hint))
         form.addRow(self.tr("VRAM preset"), self._with_hint(self.vram, self.vram_hint))
         form.addRow("", self.allow_lower)
-        form.addRow(self.tr("Results folder"), self._with_browse(self.results_folder))
+        form.addRow(self.tr("Results folder"), folder_field(self.results_folder, choose))
         return self._page(form)
 
     def _look_tab(self) -> QWidget:
@@ -248,23 +247,6 @@ class SettingsDialog(QDialog):
         column.addWidget(choice)
         column.addWidget(hint)
         return box
-
-    def _with_browse(self, line: QLineEdit) -> QWidget:
-        browse = QPushButton(self.tr("Browse…"))
-        browse.setToolTip(self.tr("Choose the folder"))
-        browse.clicked.connect(lambda: self._browse(line))
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(line, 1)
-        row.addWidget(browse)
-        box = QWidget()
-        box.setLayout(row)
-        return box
-
-    def _browse(self, line: QLineEdit) -> None:
-        folder = QFileDialog.getExistingDirectory(self, self.tr("Choose a folder"), line.text())
-        if folder:
-            line.setText(folder)
 
     def _page(self, form: QFormLayout) -> QWidget:
         page = QWidget()

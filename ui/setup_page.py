@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from app.model_setup import DEMO_NOTE, DemoWriter, ModelCheck, ModelDownload, find_cached_models
 from app.settings import PRECISION_NEEDS, Settings
 from engine.download import default_folder  # torch-free
+from ui.files import folder_field
 
 VARIANTS = {  # engine/download.py REPOS: what each download is
     "bf16": "bf16: the original weights, about 60 GB",
@@ -97,8 +98,6 @@ class SetupPage(QWidget):
         self.target.setToolTip(self.tr("Where the model goes; a stopped download resumes here"))
         self.variant.currentIndexChanged.connect(self._variant_changed)
         self.target.textChanged.connect(self._show_free_space)
-        change = QPushButton(self.tr("Change…"))
-        change.clicked.connect(self._choose_target)
         self.start_download = QPushButton(self.tr("Download"), objectName="primary")
         self.start_download.setToolTip(self.tr("Resumes where an earlier download stopped, and "
                                                "checks every file"))  # fmt: skip
@@ -112,8 +111,8 @@ class SetupPage(QWidget):
         self.download_line = QLabel(wordWrap=True)
         first, second = QHBoxLayout(), QHBoxLayout()
         first.addWidget(self.variant)
-        first.addWidget(self.target, 1)
-        first.addWidget(change)
+        first.addWidget(folder_field(self.target, self.tr("Where to put the model"),
+                                     self.tr("Change…")), 1)  # fmt: skip
         second.addWidget(self.start_download)
         second.addWidget(self.cancel_download)
         second.addWidget(self.download_bar, 1)
@@ -194,11 +193,6 @@ class SetupPage(QWidget):
         defaults = {str(default_folder(v)) for v in VARIANTS}
         if self.target.text().strip() in defaults:
             self.target.setText(str(default_folder(self.variant.currentData())))
-
-    def _choose_target(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, self.tr("Where to put the model"))
-        if folder:
-            self.target.setText(folder)
 
     def _show_free_space(self) -> None:
         free = free_disk_gb(Path(self.target.text().strip() or "."))

@@ -115,3 +115,25 @@ def test_save_again_writes_where_it_was_saved_without_asking(window, tmp_path, m
     window.actions_by_name["save"].trigger()
     assert np.array_equal(imagefile.read_image(target), 255 - PHOTO)
     assert imagefile.read_metadata(target)["task"] == "edit"
+
+
+def test_a_folder_field_opens_the_chooser_at_its_folder_and_takes_the_choice(qtbot, monkeypatch):
+    from PySide6.QtWidgets import QLineEdit, QPushButton
+
+    from ui.files import folder_field
+
+    asked = []
+
+    def chooser(parent, title, start):
+        asked.append((title, start))
+        return "/chosen" if len(asked) == 1 else ""  # the second time: cancelled
+
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", chooser)
+    line = QLineEdit("/start")
+    box = folder_field(line, "Export to")
+    qtbot.addWidget(box)
+    button = box.findChild(QPushButton)
+    button.click()
+    assert asked == [("Export to", "/start")] and line.text() == "/chosen"
+    button.click()  # cancelling the chooser keeps the folder
+    assert line.text() == "/chosen"
