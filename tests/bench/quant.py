@@ -14,7 +14,6 @@ The last line printed is one JSON object.
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from engine import quant, residency
 from engine.backbone import BackboneConfig, MoE
+from tests.bench.backbone import timed  # median of repeats after a warm-up
 
 
 def moe_layer(config: BackboneConfig, precision: str, source: MoE | None = None) -> MoE:
@@ -55,16 +55,6 @@ def _fill(layer: MoE, source: MoE) -> None:
                 module.fill(quant.quantize(weight[e], module.bits), e)
         else:
             module.fill(quant.quantize(weight, module.bits))
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def moe_steps(tokens: int, repeats: int) -> dict:
