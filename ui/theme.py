@@ -157,11 +157,6 @@ def _follow(app: QApplication) -> None:
         apply_theme(app, "system")
 
 
-def apply_dark_theme(app: QApplication) -> None:
-    """The default look (tests and screenshots use it)."""
-    apply_theme(app, "dark")
-
-
 # The icons are drawn in the dark theme's colours; these are swapped for the theme's own at paint.
 ICON_ROLES = {"#d6dae2": "text", "#9aa3b2": "text_dim", "#7aa2ff": "accent"}
 _current = {"colours": DARK}  # the applied theme's table, read when an icon paints
