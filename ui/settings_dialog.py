@@ -89,18 +89,14 @@ class SettingsDialog(QDialog):
             "bf16 is the original; int8 and int4 need less GPU memory, and load fast from a "
             "quantized folder"))  # fmt: skip
         self.precision_hint = self._hint()
-        self.precision.currentTextChanged.connect(
-            lambda text: self.precision_hint.setText(self.tr(PRECISION_HINTS.get(text, "")))
-        )
+        self.precision.currentTextChanged.connect(self._show_hints)
         self.vram = QComboBox()
         for preset, meaning in VRAM_PRESETS.items():
             self.vram.addItem(self.tr(VRAM_LABELS[preset]), preset)
             self.vram.setItemData(self.vram.count() - 1, self.tr(meaning), 3)  # Qt.ToolTipRole
         self.vram.setToolTip(self.tr("The card's memory: how much of the model stays on the GPU"))
         self.vram_hint = self._hint()
-        self.vram.currentIndexChanged.connect(
-            lambda: self.vram_hint.setText(self.tr(VRAM_PRESETS[self.vram.currentData()]))
-        )
+        self.vram.currentIndexChanged.connect(self._show_hints)
         self.allow_lower = QCheckBox(
             self.tr("Allow a lower preset after running out of GPU memory")
         )
@@ -172,8 +168,7 @@ class SettingsDialog(QDialog):
         self.device.setCurrentText(s.device)
         self.precision.setCurrentText(s.precision)
         self.vram.setCurrentIndex(max(0, self.vram.findData(s.vram_preset)))
-        self.vram_hint.setText(self.tr(VRAM_PRESETS[self.vram.currentData()]))
-        self.precision_hint.setText(self.tr(PRECISION_HINTS.get(self.precision.currentText(), "")))
+        self._show_hints()
         self.allow_lower.setChecked(s.allow_lower_preset)
         self.results_folder.setText(s.results_folder)
         self.theme.setCurrentText(s.theme)
@@ -232,6 +227,11 @@ class SettingsDialog(QDialog):
             self.theme_changed.emit(new.theme)
 
     # ------------------------------------------------------------ small parts
+
+    def _show_hints(self) -> None:
+        """The lines under the precision and the VRAM preset say what the chosen one means."""
+        self.precision_hint.setText(self.tr(PRECISION_HINTS.get(self.precision.currentText(), "")))
+        self.vram_hint.setText(self.tr(VRAM_PRESETS[self.vram.currentData()]))
 
     def _hint(self) -> QLabel:
         """A line under a choice saying what the chosen value means."""
